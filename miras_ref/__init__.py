@@ -8,9 +8,10 @@ combination token by token and :func:`scan_chunked` in the chunk-parallel traini
 """
 
 from . import algorithms, bias, memory, retention, zoo
+from .attention import attention
 from .chunked import scan_chunked
 from .config import MirasConfig
-from .recurrent import attention, scan
+from .recurrent import read_memory, scan
 
 __all__ = [
     "MirasConfig",
@@ -19,6 +20,7 @@ __all__ = [
     "bias",
     "memory",
     "retention",
+    "read_memory",
     "scan",
     "scan_chunked",
     "zoo",

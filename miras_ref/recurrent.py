@@ -143,19 +143,6 @@ def read(config, state: dict, q: np.ndarray) -> np.ndarray:
     return config.memory.forward(memory_weights(config, state), q)
 
 
-def attention(q, k, v, initial_state=None, output_final_state=False, scale=None):
-    """Causal softmax attention (Eq 1-2), the non-parametric memory of Sec 4.
-
-    ``y_i = Σ_{j<=i} exp(q_i·k_j/√d) v_j / Σ_{l<=i} exp(q_i·k_l/√d)``, with an optional cache of
-    earlier keys and values (``initial_state = {"K": [B, H, S, d_k], "V": [B, H, S, d_v]}``).
-    Shapes: ``q, k [B, T, H, d_k]``, ``v [B, T, H, d_v]`` -> ``y [B, T, H, d_v]``.
-    """
-    from .zoo import softmax_attention  # local import: the zoo imports this module
-
-    return scan(softmax_attention(np.shape(q)[-1], np.shape(v)[-1], scale), q, k, v, None,
-                initial_state, output_final_state)
-
-
 def _attention_scan(config, q, k, v, state, output_final_state):
     K = np.concatenate([state["K"], k], axis=2)
     V = np.concatenate([state["V"], v], axis=2)
@@ -210,3 +197,33 @@ def scan(config, q, k, v, gates=None, initial_state=None, output_final_state=Fal
         state = alg.step(config, state, k[:, :, t], v[:, :, t], g_t)
         y[:, :, t] = read(config, state, q[:, :, t, None, :])[:, :, 0]
     return np.moveaxis(y, 1, 2), (state if output_final_state else None)
+
+
+def read_memory(config, state: dict, q) -> np.ndarray:
+    """Query a memory state without writing: ``y = M(W, q)`` for any algorithm.
+
+    Parameters
+    ----------
+    config : MirasConfig
+    state : dict
+        A ``final_state`` returned by :func:`scan` or :func:`miras_ref.scan_chunked`.
+    q : array ``[B, N, H, d_k]``
+        Queries.
+
+    Returns
+    -------
+    y : ndarray ``[B, N, H, d_v]``
+    """
+    _check_config(config)
+    q = np.moveaxis(as_array(q, "q", 4), 2, 1)  # [B, H, N, d_k]
+    alg = config.algorithm
+    if isinstance(alg, NonParametric):
+        scale = alg.scale or 1.0 / np.sqrt(q.shape[-1])
+        scores = np.einsum("bhnd,bhsd->bhns", q, state["K"]) * scale
+        p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        y = np.einsum("bhns,bhsd->bhnd", p / p.sum(-1, keepdims=True), state["V"])
+    elif isinstance(alg, ClosedForm):
+        y = np.stack([alg.read(state, q[:, :, n]) for n in range(q.shape[2])], axis=2)
+    else:
+        y = read(config, state, q)
+    return np.moveaxis(y, 1, 2)
