@@ -329,7 +329,13 @@ class SigmoidBregmanRetention(RetentionGate):
     name: ClassVar[str] = "sigmoid_bregman"
 
     def link(self, z, own_ndim):
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # σ(z), overflow-free
+        # σ(z) without overflow or cancellation: 1/(1+e) for z >= 0, e/(1+e) for z < 0, with
+        # e = exp(-|z|) (½(1 + tanh(z/2)) loses all digits for z << 0 and returns 0 at z < -38).
+        # Where float64 rounds σ(z) to 0 or 1 (z < -745, z > 36.7) the nearest value strictly
+        # inside (0, 1) is returned, so W stays in the open interval as Sec 5.2 states.
+        e = np.exp(-np.abs(z))
+        w = np.where(z >= 0, 1.0, e) / (1.0 + e)
+        return np.clip(w, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
 
     @staticmethod
     def phi(w):
