@@ -116,6 +116,7 @@ class LpBias:
         return np.sum(a**self.p, axis=-1)
 
     def grad(self, y, v, delta=None):
+        """Eq 11: ``∂ℓ/∂y = p Sign(e) ⊙ |e|^{p-1}`` (Remark 5 if ``smooth``); ``[..., d_v]``."""
         e = y - v
         if self.smooth:
             # Eq 11 with Remark 5: p tanh(a e) (e² + ε)^{(p-1)/2}
