@@ -61,7 +61,9 @@ def as_scalar(x, name: str, low: float | None = None, high: float | None = None,
 
 def check_range(arr: np.ndarray, name: str, low: float | None = None, high: float | None = None,
                 low_open: bool = False, high_open: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name`` if any entry is outside the interval."""
+    """Raise ``ValueError`` naming ``name`` if any entry is NaN/inf or outside the interval."""
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
     if low is not None:
         bad = arr <= low if low_open else arr < low
         if np.any(bad):

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._checks import check_positive_int
+from ._checks import as_scalar, check_positive_int
 from .bias import L2Bias
 from .memory import MatrixMemory, broadcast_gate
 from .retention import L2Retention
@@ -214,6 +214,9 @@ class ClosedForm:
     name: ClassVar[str] = "closed_form"
     parametric: ClassVar[bool] = False
 
+    def __post_init__(self):
+        as_scalar(self.lam, "lam", 0.0, None, low_open=True)
+
     def init_state(self, config, batch, heads):
         dk, dv = config.memory.d_k, config.memory.d_v
         return {"P": np.zeros((batch, heads, dv, dk)), "Q": np.zeros((batch, heads, dk, dk))}
@@ -242,3 +245,7 @@ class NonParametric:
     scale: float | None = None
     name: ClassVar[str] = "nonparametric"
     parametric: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.scale is not None:
+            as_scalar(self.scale, "scale", 0.0, None, low_open=True)

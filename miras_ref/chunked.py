@@ -28,7 +28,7 @@ import numpy as np
 
 from ._checks import check_positive_int
 from .algorithms import GD, Momentum, gates_for
-from .recurrent import initial_memory_state, read, scan, validate_inputs
+from .recurrent import _check_config, initial_memory_state, read, scan, validate_inputs
 
 
 def chunk_coefficients(eta: np.ndarray, alpha: np.ndarray, own_ndim: int = 0):
@@ -104,6 +104,7 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     exact recurrence). Defined for gradient descent with a dual-linear retention gate (all
     Table 1 GD models, Moneta, Yaad, Memora); chunk size 1 equals the recurrence.
     """
+    _check_config(config)
     if chunk_size is None:
         return scan(config, q, k, v, gates, initial_state, output_final_state)
     chunk_size = check_positive_int(chunk_size, "chunk_size")

@@ -13,6 +13,8 @@ exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ._checks import as_array, check_range
@@ -61,9 +63,9 @@ def validate_inputs(config, q, k, v, gates, initial_state):
     if T < 1:
         raise ValueError("q must have at least one token (T >= 1)")
 
+    if gates is not None and not isinstance(gates, Mapping):
+        raise TypeError(f"gates must be a dict of arrays, got {type(gates).__name__}")
     given = {} if gates is None else dict(gates)
-    if not isinstance(given, dict):
-        raise TypeError("gates must be a dict of arrays")
     unknown = set(given) - set(_RANGES)
     if unknown:
         raise ValueError(f"gates has unknown keys {sorted(unknown)}; expected some of "
@@ -118,6 +120,10 @@ def initial_memory_state(config, initial_state, B: int, H: int) -> dict:
         vv = as_array(initial_state["V"], "initial_state['V']", 4)
         if kk.shape[:3] != vv.shape[:3] or kk.shape[:2] != (B, H):
             raise ValueError("initial_state['K'] and ['V'] must be [B, H, S, d] with matching S")
+        if kk.shape[-1] != config.memory.d_k or vv.shape[-1] != config.memory.d_v:
+            raise ValueError(f"initial_state['K'] and ['V'] must have d_k = {config.memory.d_k} "
+                             f"and d_v = {config.memory.d_v} on the last axis, got "
+                             f"{kk.shape[-1]} and {vv.shape[-1]}")
         return {"K": kk, "V": vv}
     else:
         default = alg.init_state(config, config.memory.default_state(B, H))
@@ -147,7 +153,8 @@ def _attention_scan(config, q, k, v, state, output_final_state):
     K = np.concatenate([state["K"], k], axis=2)
     V = np.concatenate([state["V"], v], axis=2)
     S, T = state["K"].shape[2], q.shape[2]
-    scale = config.algorithm.scale or 1.0 / np.sqrt(q.shape[-1])
+    scale = config.algorithm.scale
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
     # Eq 2: scores q_i·k_j/√d, causal over the cache plus tokens j <= i
     scores = np.einsum("bhtd,bhsd->bhts", q, K) * scale
     mask = np.arange(S + T)[None, :] <= (S + np.arange(T))[:, None]
