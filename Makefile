@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --nbmake --nbmake-timeout=120 tutorials
 
 tour: setup
 	$(BIN)/python -m miras_ref.tour

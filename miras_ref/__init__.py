@@ -8,6 +8,7 @@ combination token by token and :func:`scan_chunked` in the chunk-parallel traini
 """
 
 from . import algorithms, bias, memory, retention, zoo
+from .algorithms import memory_weights
 from .attention import attention
 from .chunked import scan_chunked
 from .config import MirasConfig
@@ -19,6 +20,7 @@ __all__ = [
     "attention",
     "bias",
     "memory",
+    "memory_weights",
     "retention",
     "read_memory",
     "scan",

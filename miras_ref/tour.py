@@ -20,6 +20,8 @@ from .recurrent import read_memory, scan
 
 #: learning rates tried for each model; the tour reports each model at its best one
 ETA_GRID = (0.1, 0.3, 1.0, 3.0)
+#: keys have unit norm, so softmax attention needs a sharper temperature than 1/sqrt(d)
+MODEL_KWARGS = {"softmax_attention": {"scale": 20.0}}
 
 
 def recall_problem(n_pairs: int = 8, d: int = 32, n_outliers: int = 1,
@@ -46,7 +48,7 @@ def run_model(name: str, k: np.ndarray, v: np.ndarray, clean: np.ndarray,
     """Write all pairs with model ``name`` (learning rate ``eta``, or the zoo's default) and
     return the mean relative recall error ``‖M(k_i) - v_i‖/‖v_i‖`` over ``clean``."""
     d = k.shape[-1]
-    cfg = zoo.get(name, d)
+    cfg = zoo.get(name, d, **MODEL_KWARGS.get(name, {}))
     B, T, H = k.shape[:3]
     gates = cfg.default_gates(B, T, H)
     if "eta" in gates and eta is not None:

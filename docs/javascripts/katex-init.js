@@ -24,7 +24,9 @@
     if (typeof renderMathInElement !== "function") {
       return;
     }
-    var nodes = document.querySelectorAll(".arithmatex");
+    // arithmatex output in Markdown pages, and the Markdown cells of rendered notebooks
+    // (mkdocs-jupyter leaves their $...$ and $$...$$ as text)
+    var nodes = document.querySelectorAll(".arithmatex, .jp-RenderedMarkdown, .jp-MarkdownOutput");
     for (var i = 0; i < nodes.length; i++) {
       var node = nodes[i];
       if (node.getAttribute("data-katex-rendered") === "1") {
