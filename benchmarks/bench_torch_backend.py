@@ -1,0 +1,269 @@
+"""Time the torch backend's chunked Moneta, Yaad and Memora next to titans-pytorch.
+
+In one process on one device: the forward and the forward+backward of
+``miras_gpu.scan_chunked(..., backend="torch")`` for Moneta, Yaad and Memora at the reference
+configuration of docs (B=4, T=4096, H=16, D=64, MLP expansion 4, chunk 64, bf16 inputs; the
+memory state is float32), and titans-pytorch's ``NeuralMemory(dim=1024, heads=16,
+dim_head=64, chunk_size=64, momentum=False)`` on the same ``[B, T, H*D]`` tokens (under bf16
+autocast) when it is installed. Prints tokens/s, peak memory and ratios, and writes the same
+as Markdown to ``--out``.
+
+    python benchmarks/bench_torch_backend.py --out results.md          # GPU
+    python benchmarks/bench_torch_backend.py --small --out /tmp/b.md   # CPU smoke test
+
+Moneta and Memora read through a non-identity link (ℓq normalisation, softmax), so each chunk
+forms per-token memory states; their forward+backward runs with ``checkpoint=True`` (each
+chunk is recomputed in the backward pass) unless ``--checkpoint off``. Yaad (ℓ2 retention)
+reads in the dual form and keeps no per-token state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import miras_gpu
+from miras_ref import zoo
+from miras_ref.retention import L2Retention
+
+MODELS = ("moneta", "yaad", "memora")
+FULL = dict(B=4, T=4096, H=16, D=64, expansion=4, chunk=64)
+SMALL = dict(B=1, T=128, H=2, D=16, expansion=2, chunk=16)
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    mode: str  # "fwd" or "fwd+bwd"
+    seconds: float | None
+    tokens: int
+    peak_bytes: int | None
+    note: str = ""
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return None if self.seconds is None else self.tokens / self.seconds
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device, warmup: int, iters: int) -> tuple[float, int | None]:
+    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup``; peak memory of a run."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    return statistics.median(times), peak
+
+
+def make_inputs(cfg, size, device, dtype, seed=0):
+    """Random bf16 inputs: ℓ2-normalised q and k (as the MIRAS layer), gates in range."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    q = torch.nn.functional.normalize(randn(B, T, H, D), dim=-1)
+    k = torch.nn.functional.normalize(randn(B, T, H, D), dim=-1)
+    v = randn(B, T, H, D)
+    defaults = {"eta": 0.1, "alpha": 1.0, "delta": 1.0, **cfg.gate_defaults}
+    gates = {}
+    for name in cfg.required_gates:
+        u = torch.rand(B, T, H, generator=g)
+        gates[name] = {"eta": defaults["eta"] * (0.5 + u), "alpha": 0.9 + 0.1 * u,
+                       "delta": 0.5 + u}[name]
+    to = dict(device=device, dtype=dtype)
+    return q.to(**to), k.to(**to), v.to(**to), {n: a.to(**to) for n, a in gates.items()}
+
+
+def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
+    cfg = zoo.get(model, size["D"], expansion=size["expansion"])
+    label = f"miras torch {model}" + (" (compiled)" if compiled else "")
+    q, k, v, gates = make_inputs(cfg, size, device, dtype)
+    tokens = size["B"] * size["T"]
+    link_is_identity = isinstance(cfg.retention, L2Retention)
+    ckpt = {"on": True, "off": False, "auto": not link_is_identity}[args.checkpoint]
+    op = miras_gpu.scan_chunked
+    rows = []
+
+    def fwd():
+        with torch.no_grad():
+            op(cfg, q, k, v, gates, chunk_size=size["chunk"], backend="torch",
+               compile_chunks=compiled)
+
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    gleaves = {n: a.detach().clone().requires_grad_(True) for n, a in gates.items()}
+
+    def fwd_bwd():
+        y, _ = op(cfg, *leaves, gleaves, chunk_size=size["chunk"], backend="torch",
+                  checkpoint=ckpt, compile_chunks=compiled)
+        y.float().square().mean().backward()
+        for x in (*leaves, *gleaves.values()):
+            x.grad = None
+
+    for mode, fn, note in (("fwd", fwd, ""), ("fwd+bwd", fwd_bwd,
+                                               "checkpoint" if ckpt else "")):
+        try:
+            sec, peak = time_fn(fn, device, args.warmup, args.iters)
+            rows.append(Row(label, mode, sec, tokens, peak, note))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            rows.append(Row(label, mode, None, tokens, None, "out of memory"))
+        print(_fmt_row(rows[-1]), flush=True)
+    return rows
+
+
+def bench_titans(size, device, dtype, args) -> list[Row] | str:
+    """titans-pytorch's NeuralMemory on the same tokens, or a note why it did not run."""
+    try:
+        from titans_pytorch import NeuralMemory
+    except ImportError as err:
+        return f"titans-pytorch is not installed ({err}); peer skipped"
+    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
+    mem = NeuralMemory(dim=H * D, heads=H, dim_head=D, chunk_size=size["chunk"],
+                       momentum=False).to(device)
+    x = torch.randn(B, T, H * D, device=device)
+    tokens = B * T
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else (
+        torch.autocast(device.type, enabled=False))
+    rows = []
+
+    def fwd():
+        with torch.no_grad(), autocast:
+            mem(x)
+
+    xg = x.clone().requires_grad_(True)
+
+    def fwd_bwd():
+        with autocast:
+            retrieved, _ = mem(xg)
+        retrieved.float().square().mean().backward()
+        xg.grad = None
+        mem.zero_grad(set_to_none=True)
+
+    for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        try:
+            sec, peak = time_fn(fn, device, args.warmup, args.iters)
+            rows.append(Row("titans-pytorch NeuralMemory", mode, sec, tokens, peak))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            rows.append(Row("titans-pytorch NeuralMemory", mode, None, tokens, None,
+                            "out of memory"))
+        print(_fmt_row(rows[-1]), flush=True)
+    return rows
+
+
+def _fmt_row(r: Row) -> str:
+    if r.seconds is None:
+        return f"{r.name:32s} {r.mode:8s} {'-':>12s} {r.note}"
+    peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**30:.2f} GiB"
+    return (f"{r.name:32s} {r.mode:8s} {r.seconds * 1e3:10.2f} ms {r.tokens_per_s:12.0f} tok/s "
+            f"peak {peak} {r.note}")
+
+
+def markdown(rows: list[Row], peer_note: str | None, env: dict, size: dict) -> str:
+    peer = {r.mode: r for r in rows if r.name.startswith("titans") and r.seconds}
+    lines = ["# torch backend benchmark", "",
+             "Written by `benchmarks/bench_torch_backend.py`; all rows ran in one process on "
+             "one device.", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    lines += [f"| sizes | B={size['B']}, T={size['T']}, H={size['H']}, D={size['D']}, "
+              f"expansion {size['expansion']}, chunk {size['chunk']} |", ""]
+    if peer_note:
+        lines += [f"Peer: {peer_note}.", ""]
+    lines += ["| implementation | pass | ms | tokens/s | peak memory | speed vs titans | note |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r.seconds is None:
+            lines.append(f"| {r.name} | {r.mode} | - | - | - | - | {r.note} |")
+            continue
+        peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**30:.2f} GiB"
+        ratio = (f"{peer[r.mode].seconds / r.seconds:.2f}x" if r.mode in peer else "-")
+        lines.append(f"| {r.name} | {r.mode} | {r.seconds * 1e3:.2f} | {r.tokens_per_s:.0f} | "
+                     f"{peak} | {ratio} | {r.note} |")
+    lines += ["", "`speed vs titans` is titans-pytorch's time divided by this row's time "
+              "(above 1: faster than the peer)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write the results as Markdown here")
+    parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--checkpoint", default="auto", choices=["auto", "on", "off"],
+                        help="recompute chunks in the backward (auto: for non-identity links)")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--compile", action="store_true",
+                        help="also time compile_chunks=True (torch.compile of the chunk step)")
+    parser.add_argument("--no-peer", action="store_true", help="skip titans-pytorch")
+    args = parser.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.small else 2)
+    args.iters = args.iters if args.iters is not None else (2 if args.small else 5)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    size = SMALL if args.small else FULL
+    if device.type == "cpu" and not args.small:
+        print("note: the full sizes on a CPU take very long; use --small", file=sys.stderr)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    env = {"device": f"{device} ({name})", "torch": torch.__version__,
+           "numpy": np.__version__, "python": platform.python_version(),
+           "input dtype": args.dtype, "timing": f"median of {args.iters} after {args.warmup} "
+                                                 "warm-up runs"}
+    print(" | ".join(f"{k}: {v}" for k, v in env.items()))
+    rows = []
+    for model in args.models.split(","):
+        rows += bench_miras(model, size, device, dtype, args)
+        if args.compile:
+            rows += bench_miras(model, size, device, dtype, args, compiled=True)
+    peer_note = "skipped (--no-peer)" if args.no_peer else None
+    if not args.no_peer:
+        peer = bench_titans(size, device, dtype, args)
+        if isinstance(peer, str):
+            peer_note = peer
+            print(f"note: {peer}")
+        else:
+            rows += peer
+            peer_note = ("titans-pytorch NeuralMemory(dim=H*D, heads=H, dim_head=D, "
+                         "chunk_size=chunk, momentum=False) under bf16 autocast")
+    peer = {r.mode: r for r in rows if r.name.startswith("titans") and r.seconds}
+    for r in rows:
+        if r.mode in peer and r.seconds and not r.name.startswith("titans"):
+            print(f"{r.name} {r.mode}: {peer[r.mode].seconds / r.seconds:.2f}x titans speed")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(markdown(rows, peer_note, env, size))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

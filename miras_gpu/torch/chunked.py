@@ -1,0 +1,321 @@
+"""Chunk-parallel MIRAS forward in torch (Sec 5.4, Eq 28-32): the twin of
+:func:`miras_ref.scan_chunked`, with identical semantics.
+
+The sequence is cut into chunks of ``C`` tokens (the last may be partial). Inside a chunk
+every gradient is taken at the chunk's starting state ``W_{t'}`` (Eq 28), so the gate's state
+unrolls into one masked sum (Eq 29):
+
+``Z_t = (β_t/β_{t'}) Z_{t'} - Σ_{i=t'+1..t} η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i)``,
+``β_t = Π_{j<=t} α_j``,
+
+with the decay/learning-rate mask ``η_i β_t/β_i`` computed in log space
+(:func:`chunk_coefficients`). The link ``W = ψ(Z)`` is applied at the reads
+``y_t = M(ψ(Z_t), q_t)`` (each query reads its own token's state) and at the chunk end, never
+inside the recurrence. With ``config.lag_token`` (Memora, Eq 30-32) the first token of every
+chunk takes an exact recurrent step and the rest of the chunk takes its gradients at that
+state. Chunk size 1 equals the recurrence.
+
+All per-token work of a chunk is vectorised (einsum/matmul over the chunk's tokens); the only
+Python loop is over chunks. Two read paths, side by side:
+
+* **identity link** (ℓ2 retention) with a matrix or MLP memory: the read ``Z_t x_t`` is
+  expanded as ``(β_t/β_{t'}) Z_{t'} x_t - Σ_i mask[t,i] (right_i·x_t) left_i`` using the
+  rank-1 per-token gradients ``left_i right_i^T``, so no per-token state is formed (the dual
+  form of TTT / linear attention); see :func:`outer_read`;
+* **any link** (ℓq, KL, elastic-net FTRL, sigmoid Bregman): the per-token states
+  ``Z_t [B, H, C, *shape]`` are formed, ``ψ`` is applied to each, and each query reads its own
+  weights. This costs ``C`` copies of the memory per chunk; ``checkpoint=True`` recomputes a
+  chunk in the backward pass instead of keeping them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from miras_ref.algorithms import GD, Momentum
+from miras_ref.memory import MatrixMemory, MLPMemory
+
+from . import algorithms as algs
+from . import bias as biases
+from . import memory as memories
+from . import retention as retentions
+from ._checks import check_positive_int, initial_memory_state, validate_inputs
+from .memory import Dense, Outer
+from .scan import default_state, read, scan
+
+
+def chunk_coefficients(eta: torch.Tensor, alpha: torch.Tensor, own_ndim: int = 0):
+    """The chunk's decay and learning-rate masks (Eq 28-29), in log space.
+
+    Parameters
+    ----------
+    eta, alpha : Tensor ``[..., C, *g]``
+        Gates of the chunk's ``C`` tokens; ``g`` are ``own_ndim`` trailing axes that
+        broadcast against one memory parameter.
+
+    Returns
+    -------
+    decay : Tensor ``[..., C, *g]``
+        ``β_t / β_{t'} = Π_{j<=t} α_j`` from the chunk start.
+    mask : Tensor ``[..., C, C, *g]``
+        ``mask[t, i] = η_i β_t / β_i`` for ``i <= t``, 0 above the diagonal (``E_b ⊙ B_b``).
+    """
+    c_axis = alpha.ndim - own_ndim - 1
+    log_beta = torch.cumsum(torch.log(alpha), dim=c_axis)  # log β_t
+    C = alpha.shape[c_axis]
+    causal = torch.ones(C, C, dtype=torch.bool, device=alpha.device).tril()
+    causal = causal.reshape((C, C) + (1,) * own_ndim)
+    diff = log_beta.unsqueeze(c_axis + 1) - log_beta.unsqueeze(c_axis)
+    # mask[t, i] = η_i exp(log β_t - log β_i), i <= t
+    mask = torch.exp(diff.masked_fill(~causal, float("-inf"))) * eta.unsqueeze(c_axis)
+    return torch.exp(log_beta), mask
+
+
+# --------------------------------------------------------------------------------------------
+# contracting a mask with per-token gradients
+
+
+def _gated(mask: torch.Tensor, lead: int, letters: str) -> tuple[torch.Tensor, str]:
+    """Drop the broadcast (size-1) own axes of ``mask [*lead_axes, *g]``; return the mask and
+    the letters of the axes it keeps (e.g. ``""`` scalar, ``"s"`` channel-wise on the input
+    axis, ``"rs"`` element-wise)."""
+    keep = "".join(a for a, n in zip(letters, mask.shape[lead:]) if n > 1)
+    shape = tuple(mask.shape[:lead]) + tuple(n for n in mask.shape[lead:] if n > 1)
+    return mask.reshape(shape), keep
+
+
+def token_sum(mask: torch.Tensor, grad) -> torch.Tensor:
+    """``S_t = Σ_{i<=t} mask[t, i] ⊙ G_i`` for every ``t``: ``[B, H, C, *shape]``.
+
+    ``mask [B, H, C, C, *g]``; ``grad`` an :class:`Outer` (``G_i = left_i right_i^T``) or
+    :class:`Dense` per-token gradient of one parameter.
+    """
+    if isinstance(grad, Dense):
+        m, g = _gated(mask, 4, "d")
+        return torch.einsum(f"bhti{g},bhid->bhtd", m, grad.g)
+    m, g = _gated(mask, 4, "rs")
+    if g == "s":  # contract the gated axis with `right` first: no [C, C, r, s] temporary
+        return torch.einsum("bhtis,bhis,bhir->bhtrs", m, grad.right, grad.left)
+    return torch.einsum(f"bhti{g},bhir,bhis->bhtrs", m, grad.left, grad.right)
+
+
+def last_sum(mask_last: torch.Tensor, grad) -> torch.Tensor:
+    """``Σ_i mask[C-1, i] ⊙ G_i`` (the chunk end): ``mask_last [B, H, C, *g]``."""
+    if isinstance(grad, Dense):
+        m, g = _gated(mask_last, 3, "d")
+        return torch.einsum(f"bhi{g},bhid->bhd", m, grad.g)
+    m, g = _gated(mask_last, 3, "rs")
+    if g == "s":
+        return torch.einsum("bhis,bhis,bhir->bhrs", m, grad.right, grad.left)
+    return torch.einsum(f"bhi{g},bhir,bhis->bhrs", m, grad.left, grad.right)
+
+
+def outer_read(z0, decay, mask, grad: Outer, x):
+    """``Z_t x_t`` for every token of the chunk without forming ``Z_t`` (identity link).
+
+    ``Z_t = decay_t ⊙ Z0 - Σ_{i<=t} mask[t, i] ⊙ left_i right_i^T`` (Eq 29), so
+    ``Z_t x_t = (decay_t ⊙ Z0) x_t - Σ_i mask[t, i] ⊙ (right_i · x_t) left_i``.
+
+    Shapes: ``z0 [B, H, r, s]``, ``decay [B, H, C, *g]``, ``mask [B, H, C, C, *g]``,
+    ``left [B, H, C, r]``, ``right [B, H, C, s]``, ``x [B, H, C, s]`` -> ``[B, H, C, r]``.
+    Scalar gates and channel-wise gates on either axis; not element-wise ones.
+    """
+    m, g = _gated(mask, 4, "rs")
+    decay = decay.expand(tuple(decay.shape[:3]) + tuple(mask.shape[4:]))
+    d, _ = _gated(decay, 3, "rs")
+    if g == "":
+        base = d[..., None] * (x @ z0.mT)
+        return base - (m * (x @ grad.right.mT)) @ grad.left
+    if g == "s":  # the gate scales the input axis
+        base = (d * x) @ z0.mT
+        scores = torch.einsum("bhtis,bhis,bhts->bhti", m, grad.right, x)
+        return base - scores @ grad.left
+    if g == "r":  # the gate scales the output axis
+        base = d * (x @ z0.mT)
+        return base - torch.einsum("bhtir,bhti,bhir->bhtr", m, x @ grad.right.mT, grad.left)
+    raise ValueError("outer_read: element-wise gates need the per-token-state path")
+
+
+def _matrix_fast_read(config, z0, coeffs, grads, q):
+    decay, mask = coeffs["W"]
+    return outer_read(z0["W"], decay, mask, grads["W"], q)
+
+
+def _mlp_fast_read(config, z0, coeffs, grads, q):
+    """``y_t = q_t + LN(W1_t σ(W2_t q_t))`` with both layers read by :func:`outer_read`."""
+    h = outer_read(z0["W2"], *coeffs["W2"], grads["W2"], q)
+    z = outer_read(z0["W1"], *coeffs["W1"], grads["W1"], memories.gelu(h))
+    u, _ = memories.layer_norm(z, config.memory.eps)
+    return q + u
+
+
+FAST_READS = {MatrixMemory: _matrix_fast_read, MLPMemory: _mlp_fast_read}
+
+
+def _use_fast_read(config, coeffs) -> bool:
+    if not retentions.ops_for(config.retention).identity_link:
+        return False
+    if type(config.memory) not in FAST_READS:
+        return False
+    return all(_gated(mask, 4, "rs")[1] != "rs" for _, mask in coeffs.values())
+
+
+# --------------------------------------------------------------------------------------------
+# one chunk
+
+
+def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True):
+    """One chunk in the chunk-parallel form (Eq 28-29), no lag token.
+
+    ``q, k [B, H, C, d_k]``, ``v [B, H, C, d_v]``, gates ``[B, H, C, ...]``, ``z`` the state
+    at the chunk start. Returns ``(y [B, H, C, d_v], z at the chunk end)``. ``fast=False``
+    forces the per-token-state read (for testing the identity-link path against it).
+    """
+    mem, ret = config.memory, config.retention
+    own = algs.own_ndims(config)
+    eta = memories.gates_for(mem, gates["eta"], lead=3)
+    alpha = memories.gates_for(mem, gates["alpha"], lead=3)
+    # Eq 28: every gradient of the chunk at the chunk's starting state W_{t'}
+    anchor = {n: retentions.anchor(ret, z[n], alpha[n][:, :, 0], nd) for n, nd in own.items()}
+    delta = gates.get("delta")
+    if delta is not None and delta.ndim == 3:
+        delta = delta[..., None]  # [B, H, C] -> [B, H, C, 1]
+    dy = biases.grad(config.bias, memories.forward(mem, anchor, k), v, delta)
+    grads = memories.token_grads(mem, anchor, k, dy)  # per token, as factors
+    coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
+
+    if fast and _use_fast_read(config, coeffs):
+        y = FAST_READS[type(mem)](config, z, coeffs, grads, q)
+        z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
+                 for n in own}
+        return y, z_end
+    # Eq 29: Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i), every t
+    z_t = {n: coeffs[n][0] * z[n][:, :, None] - token_sum(coeffs[n][1], grads[n]) for n in own}
+    y = read(config, z_t, q[..., None, :])[..., 0, :]  # y_t = M(ψ(Z_t), q_t)
+    # clone: a view of the last token's state would keep all C per-token states alive
+    return y, {n: z_t[n][:, :, -1].clone() for n in own}
+
+
+def process_chunk(config, z: dict, q, k, v, gates: dict):
+    """One chunk with Memora's lag token (Eq 30-32) when ``config.lag_token``."""
+    if not config.lag_token:
+        return chunk_step(config, z, q, k, v, gates)
+    # Eq 30: the lag token takes the exact non-linear step from the chunk state
+    z = algs.step(config, z, k[:, :, 0], v[:, :, 0], {n: a[:, :, 0] for n, a in gates.items()})
+    y0 = read(config, z, q[:, :, :1])
+    if q.shape[2] == 1:
+        return y0, z
+    # Eq 31-32: the rest of the chunk at the lag token's state
+    rest = {n: a[:, :, 1:] for n, a in gates.items()}
+    y, z = chunk_step(config, z, q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], rest)
+    return torch.cat([y0, y], dim=2), z
+
+
+_COMPILED: dict[tuple, tuple] = {}
+#: dynamo's recompile limit counts every variant (configuration, chunk shape, requires_grad
+#: pattern, grad mode) of one code object; the default of 8 is too few for several models
+RECOMPILE_LIMIT = 64
+
+
+def compiled_chunk_fn(config, backend: str = "inductor"):
+    """``torch.compile`` of :func:`process_chunk` for ``config`` (cached per config object).
+
+    Every full chunk has the same shapes, so a sequence compiles at most twice (full chunks and
+    a partial last one) and then reuses the kernels for every chunk.
+    """
+    key = (id(config), backend)
+    entry = _COMPILED.get(key)
+    if entry is None or entry[0] is not config:
+        compiled = torch.compile(process_chunk, dynamic=False, backend=backend)
+
+        def chunk_fn(z, q, k, v, gates):
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return compiled(config, z, q, k, v, gates)
+
+        entry = (config, chunk_fn)
+        _COMPILED[key] = entry
+    return entry[1]
+
+
+def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
+                    checkpoint: bool = False, compile_chunks: bool | str = False):
+    """The loop over chunks on validated tensors (no checks: safe to ``torch.compile``).
+
+    ``q, k [B, H, T, d_k]``, ``v [B, H, T, d_v]``, gates ``[B, H, T, ...]`` in the compute
+    dtype. Returns ``(y [B, H, T, d_v], final state)``.
+    """
+    if compile_chunks:
+        backend = compile_chunks if isinstance(compile_chunks, str) else "inductor"
+        fn = compiled_chunk_fn(config, backend)
+    else:
+        def fn(z, q, k, v, gates):
+            return process_chunk(config, z, q, k, v, gates)
+    ys = []
+    for s in range(0, q.shape[2], chunk_size):
+        sl = slice(s, s + chunk_size)
+        args = (q[:, :, sl], k[:, :, sl], v[:, :, sl], {n: a[:, :, sl] for n, a in gates.items()})
+        if checkpoint and torch.is_grad_enabled():
+            y, z = _checkpoint(fn, z, *args, use_reentrant=False)
+        else:
+            y, z = fn(z, *args)
+        ys.append(y)
+    return torch.cat(ys, dim=2), z
+
+
+def check_chunkable(config) -> None:
+    """``ValueError`` unless ``config`` has a chunked form in the torch backend."""
+    alg = config.algorithm
+    if type(alg) is not GD or isinstance(alg, Momentum):
+        raise ValueError(f"chunk_size: the chunked form is defined for plain GD, not "
+                         f"{alg.name}; use chunk_size=None for the exact recurrence")
+    if not config.retention.dual_linear:
+        raise ValueError(f"chunk_size: the {config.retention.name} retention gate is not linear "
+                         "in its state, so it has no chunked form; use chunk_size=None")
+    retentions.ops_for(config.retention)
+
+
+def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
+                 output_final_state=False, cu_seqlens=None, checkpoint=False,
+                 compile_chunks: bool | str = False):
+    """Chunk-parallel MIRAS forward (Eq 28-32), any ``T`` and any chunk size.
+
+    Same arguments and returns as :func:`miras_gpu.torch.scan`, plus
+
+    chunk_size : int or None
+        Tokens per chunk (``None``: the exact recurrence, :func:`miras_gpu.torch.scan`).
+    cu_seqlens : sequence of int, optional
+        Packed variable-length sequences in one row (``B = 1``): sequence ``j`` is tokens
+        ``cu_seqlens[j]:cu_seqlens[j+1]``, starts from its own initial state (row ``j`` of an
+        ``initial_state`` with ``N = len(cu_seqlens) - 1`` rows, or the default) and is chunked
+        from its own first token. Implemented by splitting at the boundaries
+        (:mod:`miras_gpu.varlen`); the final state has ``N`` rows.
+    checkpoint : bool
+        Recompute each chunk in the backward pass (``torch.utils.checkpoint``) instead of
+        keeping its intermediates: the per-token states of the non-identity links make those
+        ``C`` times the memory's size per chunk.
+    compile_chunks : bool or str
+        Run each chunk through a cached ``torch.compile`` of the chunk step
+        (:func:`compiled_chunk_fn`; a string names the ``torch.compile`` backend, ``True`` is
+        inductor): fewer kernel launches, the same values up to float rounding. The first call
+        per configuration and shape pays the compilation.
+    """
+    if chunk_size is not None:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+    if cu_seqlens is not None:
+        from ..varlen import split_scan
+
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+        return split_scan(scan_chunked, config, q, k, v, gates, chunk_size, initial_state,
+                          output_final_state, cu_seqlens, torch.cat, checkpoint=checkpoint,
+                          compile_chunks=compile_chunks)
+    if chunk_size is None:
+        return scan(config, q, k, v, gates, initial_state, output_final_state)
+    check_chunkable(config)
+    inp = validate_inputs(config, q, k, v, gates)
+    z = initial_memory_state(config, initial_state, inp,
+                                 lambda: default_state(config, inp))
+    y, z = chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z, chunk_size, checkpoint,
+                           compile_chunks)
+    return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)

@@ -1,0 +1,281 @@
+"""Conformance of every available GPU-side backend with miras_ref (miras_gpu.conformance),
+plus the torch backend's own semantics: gradcheck, packed sequences (cu_seqlens), the two
+read paths of the chunked form, checkpointing, precision policy and torch.compile.
+
+The case list is miras_gpu.conformance.cases(): the same one that
+``python -m miras_gpu.conformance --report PATH`` runs outside pytest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import miras_gpu  # noqa: E402
+import miras_ref  # noqa: E402
+from miras_gpu import conformance as conf  # noqa: E402
+from miras_ref import zoo  # noqa: E402
+from miras_ref.memory import MLPMemory  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CASES = conf.cases(DEVICE)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors are tiny: OpenMP threads only add stalls on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_case_list_covers_the_spec():
+    ids = {c.id for c in CASES}
+    assert len(ids) == len(CASES)
+    models = {c.model for c in CASES}
+    assert set(zoo.ALL) <= models
+    assert {c.size[1] for c in CASES} >= {1, 63} and {c.size[3] for c in CASES} >= {16, 24}
+    assert {(c.op, c.chunk_size) for c in CASES} == set(conf.OPS)
+    assert {c.dtype for c in CASES} == set(conf.dtypes_for(DEVICE))
+    assert {c.backend for c in CASES} == set(conf.kernel_backends())
+    chunked = {c.model for c in CASES if c.op == "scan_chunked"}
+    assert {"moneta", "yaad", "memora", "gated_deltanet"} <= chunked
+    assert not {"titans_lmm", "longhorn", "deltaproduct", "softmax_attention", "mesa"} & chunked
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_conformance(case):
+    result = conf.run_case(case)
+    assert result.passed, result.describe()
+
+
+@pytest.mark.parametrize("op,chunk_size,model", conf.GRADCHECK_CASES,
+                         ids=lambda x: str(x))
+def test_gradcheck_float64(op, chunk_size, model):
+    result = conf.run_gradcheck(op, chunk_size, model, DEVICE)
+    assert result.passed, result.describe()
+
+
+def test_error_helpers_never_pass_nan():
+    ref = np.ones(4)
+    assert conf.max_error(ref, ref) == 0.0
+    assert conf.max_error(np.array([1, 1, 1, np.nan]), ref) == np.inf
+    assert conf.rms_error(np.array([1, 1, 1, np.nan]), ref) == np.inf
+    assert conf.max_error(np.ones(3), ref) == np.inf  # shape mismatch
+    res = conf.Result("x", {"y": (float("nan"), 1.0)})
+    assert not res.passed
+    assert not conf.Result("empty").passed
+
+
+# --------------------------------------------------------------------------------------------
+# torch-backend semantics beyond the reference comparison
+
+
+def _inputs(model, size, dtype=torch.float64, seed=0, requires_grad=False, expansion=None):
+    """A zoo config (MLP memories with ``expansion``) and its conformance inputs."""
+    cfg = zoo.get(model, size[3])
+    if expansion is not None and isinstance(cfg.memory, MLPMemory):
+        cfg = dataclasses.replace(cfg, memory=MLPMemory(size[3], expansion))
+    inp = conf.make_inputs(cfg, model, size, seed)
+    return cfg, inp, conf._to_torch(inp, dtype, DEVICE, requires_grad)
+
+
+def _flat_grads(t, outputs):
+    loss = sum((o.double() * torch.linspace(-1, 1, o.numel(), dtype=torch.float64,
+                                            device=o.device).reshape(o.shape)).sum()
+               for o in outputs)
+    leaves = list(conf._leaves(t).values())
+    return torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
+@pytest.mark.parametrize("model", ["yaad", "memora", "gated_deltanet"])
+def test_cu_seqlens_equals_separate_calls(model):
+    cu = [0, 5, 6, 17, 30]
+    cfg, inp, t = _inputs(model, (1, 30, 2, 8), expansion=2)
+    N = len(cu) - 1
+    init = {n: torch.as_tensor(np.stack([np.asarray(a[0]) * (1 + 0.1 * j) for j in range(N)]),
+                               device=DEVICE) for n, a in inp["initial_state"].items()}
+    y, final = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=4,
+                                      initial_state=init, output_final_state=True,
+                                      cu_seqlens=torch.tensor(cu))
+    assert y.shape == t["q"].shape and all(s.shape[0] == N for s in final.values())
+    for j, (s, e) in enumerate(zip(cu, cu[1:])):
+        y_j, f_j = miras_gpu.scan_chunked(
+            cfg, t["q"][:, s:e], t["k"][:, s:e], t["v"][:, s:e],
+            {n: a[:, s:e] for n, a in t["gates"].items()}, chunk_size=4,
+            initial_state={n: a[j:j + 1] for n, a in init.items()}, output_final_state=True)
+        torch.testing.assert_close(y[:, s:e], y_j, rtol=0, atol=0)
+        for n in final:
+            torch.testing.assert_close(final[n][j:j + 1], f_j[n], rtol=0, atol=0)
+    # the numpy backend splits the same way: the two agree
+    y_np, f_np = miras_gpu.scan_chunked(
+        cfg, inp["q"][:, :30], inp["k"], inp["v"], inp["gates"], chunk_size=4,
+        initial_state={n: a.cpu().numpy() for n, a in init.items()}, output_final_state=True,
+        cu_seqlens=np.array(cu))
+    np.testing.assert_allclose(y.cpu().numpy(), y_np, atol=1e-12, rtol=0)
+
+
+def test_cu_seqlens_default_state_and_errors():
+    cfg, inp, t = _inputs("deltanet", (1, 9, 2, 8))
+    y, _ = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=4,
+                                  cu_seqlens=[0, 4, 9])
+    y2, _ = miras_gpu.scan_chunked(cfg, t["q"][:, 4:], t["k"][:, 4:], t["v"][:, 4:],
+                                   {n: a[:, 4:] for n, a in t["gates"].items()}, chunk_size=4)
+    torch.testing.assert_close(y[:, 4:], y2, rtol=0, atol=0)
+    run = lambda cu, **kw: miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], chunk_size=4,  # noqa: E731
+                                                  cu_seqlens=cu, **kw)
+    with pytest.raises(ValueError, match="must start at 0 and end at T = 9"):
+        run([0, 4, 8])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        run([0, 4, 4, 9])
+    with pytest.raises(TypeError, match="cu_seqlens must hold integers"):
+        run(torch.tensor([0.0, 9.0]))
+    with pytest.raises(ValueError, match="must have N = 2 rows"):
+        run([0, 4, 9], initial_state={"W": torch.zeros(1, 2, 8, 8, dtype=torch.float64)})
+    q2 = torch.cat([t["q"], t["q"]])
+    with pytest.raises(ValueError, match="batch size B = 1 with cu_seqlens"):
+        miras_gpu.scan_chunked(cfg, q2, q2, q2, chunk_size=4, cu_seqlens=[0, 9])
+
+
+@pytest.mark.parametrize("model", ["gated_deltanet", "rwkv7", "ttt_mlp", "yaad", "mamba2"])
+def test_identity_link_fast_read_equals_per_token_states(model, monkeypatch):
+    """The two read paths of a chunk (dual form vs per-token states) agree, with gradients."""
+    from miras_gpu.torch import chunked
+
+    cfg, inp, t = _inputs(model, (2, 7, 2, 8), requires_grad=True, expansion=2)
+    q, k, v = (x.movedim(2, 1) for x in (t["q"], t["k"], t["v"]))
+    gates = {n: a.movedim(2, 1) for n, a in t["gates"].items()}
+    z = dict(t["initial_state"])
+    calls = []
+    real_read = chunked.outer_read
+    monkeypatch.setattr(chunked, "outer_read", lambda *a: calls.append(1) or real_read(*a))
+    results = []
+    for fast in (True, False):
+        y, z_end = chunked.chunk_step(cfg, z, q, k, v, gates, fast=fast)
+        assert bool(calls) == fast  # the fast path ran exactly when asked
+        calls.clear()
+        outs = [y, *z_end.values()]
+        results.append((outs, _flat_grads(t, outs)))
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1]):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["moneta", "yaad"])
+def test_checkpoint_gives_the_same_values_and_gradients(model):
+    cfg, inp, t = _inputs(model, (1, 11, 2, 8), requires_grad=True, expansion=2)
+    res = []
+    for ckpt in (False, True):
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=4,
+                                      initial_state=t["initial_state"], output_final_state=True,
+                                      checkpoint=ckpt)
+        outs = [y, *s.values()]
+        res.append((outs, _flat_grads(t, outs)))
+    for a, b in zip(res[0][0] + list(res[0][1]), res[1][0] + list(res[1][1])):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_policy():
+    """bf16 in, bf16 out; the state stays float32 and close to the float64 reference."""
+    cfg, inp, t = _inputs("memora", (1, 20, 2, 16), dtype=torch.bfloat16)
+    y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=8,
+                                  initial_state=t["initial_state"], output_final_state=True)
+    assert y.dtype == torch.bfloat16 and all(a.dtype == torch.float32 for a in s.values())
+    rounded = {n: conf._round(a, "bfloat16") for n, a in inp["gates"].items()}
+    y_ref, s_ref = miras_ref.scan_chunked(
+        cfg, *(conf._round(inp[x], "bfloat16") for x in "qkv"), rounded, chunk_size=8,
+        initial_state={n: conf._round(a, "bfloat16") for n, a in inp["initial_state"].items()},
+        output_final_state=True)
+    assert conf.rms_error(y.double().cpu().numpy(), y_ref) < 1e-2
+    assert all(conf.max_error(s[n].double().cpu().numpy(), s_ref[n]) < 1e-5 for n in s)
+
+
+def test_float32_inputs_keep_float32():
+    cfg, inp, t = _inputs("gla", (1, 5, 2, 8), dtype=torch.float32)
+    y, s = miras_gpu.scan(cfg, t["q"], t["k"], t["v"], t["gates"], output_final_state=True)
+    assert y.dtype == torch.float32 and s["W"].dtype == torch.float32
+
+
+def _assert_rel_close(outs, refs, bound):
+    """Each tensor's normalised max error ``max|a - b| / max|b|`` is within ``bound``."""
+    assert len(outs) == len(refs)
+    for a, b in zip(outs, refs):
+        err = conf.max_error(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy())
+        assert err <= bound, (err, tuple(a.shape))
+
+
+#: compiled float32 vs eager float32: fused kernels round differently, and the MLP memory's
+#: recurrence amplifies that like any float32 round-off (conformance.MLP_FLOAT32_SLACK)
+COMPILE_BOUND = 5e-4
+
+
+def _compiled_matches_eager(model, backend):
+    from miras_gpu.torch import scan_chunked
+
+    cfg, inp, t = _inputs(model, (1, 10, 2, 8), dtype=torch.float32, requires_grad=True,
+                          expansion=2)
+
+    def f(q, k, v, gates, init):
+        return scan_chunked(cfg, q, k, v, gates, chunk_size=4, initial_state=init,
+                            output_final_state=True)
+
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    res = []
+    for fn in (f, compiled):
+        y, s = fn(t["q"], t["k"], t["v"], t["gates"], t["initial_state"])
+        outs = [y, *s.values()]
+        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    _assert_rel_close(res[1], res[0], COMPILE_BOUND)
+
+
+def test_compile_traces_whole_graph_on_cpu():
+    """torch.compile(fullgraph=True) captures the chunked MLP op (memora: lag token, softmax
+    link) with no graph break; aot_eager keeps this CPU test fast (inductor: CUDA test)."""
+    torch._dynamo.reset()
+    _compiled_matches_eager("memora", "aot_eager")
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["memora", "yaad"])
+def test_compile_inductor_cuda(model):
+    torch._dynamo.reset()
+    _compiled_matches_eager(model, "inductor")
+
+
+def test_compile_chunks_many_variants_on_cpu():
+    """``compile_chunks`` (a cached torch.compile of the chunk step) stays correct across
+    configurations, grad modes and a partial last chunk: more variants than dynamo's default
+    recompile limit of 8 (aot_eager keeps it fast on CPU)."""
+    torch._dynamo.reset()
+    for model in ("memora", "yaad", "moneta"):
+        cfg, inp, t = _inputs(model, (1, 10, 2, 8), dtype=torch.float32, expansion=2)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                outs = [miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"],
+                                               chunk_size=4, initial_state=t["initial_state"],
+                                               compile_chunks=c)[0] for c in (False, "aot_eager")]
+            _assert_rel_close(outs[1:], outs[:1], 1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["memora", "yaad"])
+def test_compile_chunks_option_cuda(model):
+    """``compile_chunks=True`` (a cached torch.compile of the chunk step) matches eager."""
+    cfg, inp, t = _inputs(model, (2, 40, 2, 16), dtype=torch.float32, requires_grad=True,
+                          expansion=2)
+    res = []
+    for compiled in (False, True):
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
+                                      initial_state=t["initial_state"], output_final_state=True,
+                                      compile_chunks=compiled)
+        outs = [y, *s.values()]
+        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    _assert_rel_close(res[1], res[0], COMPILE_BOUND)
