@@ -178,6 +178,10 @@ class KLRetention(RetentionGate):
 
     def __post_init__(self):
         as_scalar(self.c, "c", 0.0, None, low_open=True)
+        if self.axis is not None and (isinstance(self.axis, bool) or
+                                      not isinstance(self.axis, int) or self.axis >= 0):
+            raise ValueError(f"axis must be None or a negative int (a parameter axis), "
+                             f"got {self.axis!r}")
 
     def _axes(self, own_ndim):
         return _own_axes(own_ndim) if self.axis is None else (self.axis,)
