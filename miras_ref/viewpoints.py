@@ -45,6 +45,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.optimize import minimize, root
 
+from ._checks import as_array, as_scalar, check_positive_int
+
 __all__ = [
     "bregman_divergence",
     "elastic_net_ftrl_argmin",
@@ -74,30 +76,16 @@ _ACCEPT_RTOL = 1e-7
 # ----------------------------------------------------------------------------------------------
 def _scalar(x, name: str, positive: bool = True) -> float:
     """Return ``x`` as a finite float (``> 0`` if ``positive``) or raise naming ``name``."""
-    if isinstance(x, bool) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    x = float(x)
-    if not np.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    if positive and x <= 0:
-        raise ValueError(f"{name} must be > 0, got {x}")
-    return x
+    return as_scalar(x, name, 0.0 if positive else None, None, low_open=True)
 
 
 def _array(x, name: str) -> np.ndarray:
     """Return ``x`` as a finite, non-empty float64 array or raise naming ``name``."""
-    if x is None or isinstance(x, (str, bytes)) or callable(x):
+    if callable(x):
         raise TypeError(f"{name} must be a real array, got {type(x).__name__}")
-    arr = np.asarray(x)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise TypeError(f"{name} must be a real (float or int) array, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = as_array(x, name)
     if arr.size == 0:
         raise ValueError(f"{name} must have at least one entry, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
     return arr
 
 
@@ -128,14 +116,6 @@ def _callables(fs, name: str) -> list:
     for i, f in enumerate(fs):
         _callable(f, f"{name}[{i}]")
     return list(fs)
-
-
-def _int_ge1(x, name: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name} must be an integer >= 1, got {type(x).__name__}")
-    if int(x) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {x}")
-    return int(x)
 
 
 def _q(q) -> float:
@@ -580,7 +560,7 @@ def online_gd_as_ftrl(grads_fn: Callable[[np.ndarray, int], np.ndarray], eta: fl
     """
     _callable(grads_fn, "grads_fn")
     eta = _scalar(eta, "eta")
-    T = _int_ge1(T, "T")
+    T = check_positive_int(T, "T")
     shape = _shape(shape, "shape")
 
     def grad(W, i):
