@@ -1,0 +1,608 @@
+"""The ``triton`` backend's ops: chunk-parallel MIRAS with fused Triton kernels.
+
+:func:`scan_chunked` has the signature and the semantics of :func:`miras_ref.scan_chunked`
+(and :func:`miras_gpu.torch.scan_chunked`): same arguments, same outputs, same final state,
+autograd-differentiable through :class:`ChunkedScan` (a ``torch.autograd.Function``).
+
+What runs where (docs/kernels.md has the equations):
+
+=============================  =============================  ================================
+                               forward                        backward
+=============================  =============================  ================================
+ℓ2 retention (both anchors),   Triton (state pass + parallel  Triton (matrix: state-gradient
+no lag token, head dims <= 64  dual-form reads)               pass + chunk-parallel gradients;
+(matrix: DeltaNet, Gated                                      MLP: one fused kernel, segments
+DeltaNet, ...; MLP: Yaad,                                     in reverse)
+TTT-MLP)
+ℓq / KL links (Moneta,         Triton (state pass + reads;    torch autograd, chunk by chunk,
+Memora, ...), a lag token,     per-token states or norms      from the stored chunk states
+or head dims above 64          where the link needs them)
+anything else                  torch backend (one-time note)  torch backend
+=============================  =============================  ================================
+
+Covered by the kernels: plain GD (:class:`miras_ref.algorithms.GD`), the matrix memory with
+``d_k, d_v <= 128`` and the MLP memory with ``d <= 128``; biases dot product, ℓ2, ℓp (smooth
+or exact) and Huber mixture (smooth or exact, per-token or channel-wise δ); retention ℓ2 (both
+anchors), ℓq (matrix: simplified and exact links; MLP: simplified, Moneta's) and KL (matrix:
+softmax per row or over the whole matrix; MLP: per row, Memora's); scalar per-token ``eta``
+and ``alpha`` ``[B, T, H]``; float32, bfloat16 and float16 inputs on a CUDA device (or on the
+CPU under ``TRITON_INTERPRET=1``). The memory state and every reduction are float32; the
+output has the dtype of ``q``, the final state is float32 (as the torch backend); matrix
+products run in float32 or, for 16-bit inputs where that is safe, TF32 (:func:`dot_precision`).
+
+Everything else (channel-wise or element-wise ``eta``/``alpha``, other biases and gates,
+momentum and the other algorithms, float64 inputs, CPU tensors without the interpreter, head
+dims above 128) runs on :mod:`miras_gpu.torch`, with a :class:`TritonFallbackWarning` issued
+once per reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+from triton.runtime.errors import OutOfResources
+
+from miras_ref import bias as ref_bias
+from miras_ref import retention as ref_ret
+from miras_ref.algorithms import GD
+from miras_ref.memory import MatrixMemory, MLPMemory
+
+from .. import torch as torch_ops
+from ..torch import chunked as torch_chunked
+from ..torch._checks import check_positive_int, initial_memory_state, validate_inputs
+from ..torch.scan import default_state
+
+#: allocate every output and scratch buffer filled with NaN (tests: proves each is written)
+POISON_BUFFERS = False
+#: largest head dimension the kernels take (the state tile lives in registers)
+MAX_DIM = 128
+
+
+class TritonFallbackWarning(UserWarning):
+    """A call ran on the torch backend because the Triton kernels do not cover it."""
+
+
+_noted: set[str] = set()
+
+
+def _note(reason: str) -> None:
+    """Warn once per distinct reason."""
+    if reason in _noted:
+        return
+    _noted.add(reason)
+    warnings.warn(f"miras_gpu.triton: {reason}; running this call on the torch backend "
+                  "(miras_gpu.torch) instead", TritonFallbackWarning, stacklevel=3)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------------------------
+# what the kernels cover
+
+
+BIAS_CODES = {"dot": 0, "l2": 1, "lp_smooth": 2, "lp_exact": 3, "huber_smooth": 4,
+              "huber_exact": 5}
+LINK_CODES = {"identity": 0, "lq_simplified": 1, "lq_exact": 2, "kl_row": 3, "kl_all": 4}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Kernel selection for one configuration (built by :func:`plan_for`)."""
+
+    config: object
+    kind: str  # "matrix" or "mlp"
+    bias: int
+    link: int
+    decayed: bool
+    p: float = 2.0
+    sharpness: float = 10.0
+    eps: float = 1e-6
+    q: float = 2.0
+    c: float = 1.0
+
+    @property
+    def triton_backward(self) -> bool:
+        """The hand-written backward kernels cover this plan (else torch recomputation).
+
+        Identity link (ℓ2 retention), no lag token, head dims up to 64 (at 128 the tiles of
+        the gradient kernels need more shared memory than an H100 has).
+        """
+        mem = self.config.memory
+        dims = (mem.d_k, mem.d_v) if self.kind == "matrix" else (mem.d,)
+        return self.link == 0 and not self.config.lag_token and max(dims) <= 64
+
+
+def _bias_code(bias) -> tuple[int, dict] | str:
+    t = type(bias)
+    if t is ref_bias.DotProductBias:
+        return BIAS_CODES["dot"], {}
+    if t is ref_bias.L2Bias:
+        return BIAS_CODES["l2"], {}
+    if t is ref_bias.LpBias:
+        code = BIAS_CODES["lp_smooth" if bias.smooth else "lp_exact"]
+        return code, {"p": float(bias.p), "sharpness": float(bias.sharpness),
+                      "eps": float(bias.eps)}
+    if t is ref_bias.HuberMixtureBias:
+        code = BIAS_CODES["huber_smooth" if bias.smooth else "huber_exact"]
+        return code, {"sharpness": float(bias.sharpness)}
+    return f"the {getattr(bias, 'name', t.__name__)} attentional bias has no Triton kernel"
+
+
+def _link_code(ret, kind: str) -> tuple[int, dict] | str:
+    t = type(ret)
+    if t is ref_ret.L2Retention:
+        return LINK_CODES["identity"], {}
+    if t is ref_ret.LqRetention:
+        if ret.link_kind == "simplified":
+            return LINK_CODES["lq_simplified"], {"q": float(ret.q)}
+        if kind == "matrix":
+            return LINK_CODES["lq_exact"], {"q": float(ret.q)}
+        return "the exact ℓq link of an MLP memory has no Triton kernel"
+    if t is ref_ret.KLRetention:
+        if ret.axis == -1 or (kind == "matrix" and ret.axis == 1):
+            return LINK_CODES["kl_row"], {"c": float(ret.c)}
+        if kind == "matrix" and ret.axis is None:
+            return LINK_CODES["kl_all"], {"c": float(ret.c)}
+        return f"the KL retention with axis={ret.axis!r} on a {kind} memory has no Triton kernel"
+    return f"the {getattr(ret, 'name', t.__name__)} retention gate has no Triton kernel"
+
+
+def plan_for(config) -> Plan | str:
+    """The kernel plan of ``config``, or a sentence saying why the kernels do not cover it."""
+    if type(config.algorithm) is not GD:
+        return f"the {config.algorithm.name} algorithm has no Triton kernel (plain GD only)"
+    if config.key_from_alpha:
+        return "keys tied to the retention gate (HGRN2) have no Triton kernel"
+    mem = config.memory
+    if type(mem) is MatrixMemory:
+        kind = "matrix"
+        if max(mem.d_k, mem.d_v) > MAX_DIM:
+            return f"matrix memories with d_k or d_v above {MAX_DIM} have no Triton kernel"
+    elif type(mem) is MLPMemory:
+        kind = "mlp"
+        if mem.d > MAX_DIM:
+            return f"MLP memories with d above {MAX_DIM} have no Triton kernel"
+    else:
+        return f"the {getattr(mem, 'name', type(mem).__name__)} memory has no Triton kernel"
+    b = _bias_code(config.bias)
+    if isinstance(b, str):
+        return b
+    lk = _link_code(config.retention, kind)
+    if isinstance(lk, str):
+        return lk
+    decayed = bool(getattr(config.retention, "decayed_anchor", False))
+    return Plan(config, kind, b[0], lk[0], decayed, **b[1], **lk[1])
+
+
+def _input_reason(config, q, gates: dict) -> str | None:
+    """Why these (validated) inputs cannot run on the kernels, or None."""
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"{q.dtype} inputs run on the torch backend (the kernels compute in float32)"
+    if q.device.type != "cuda" and not interpreting():
+        return (f"tensors on {q.device.type} need TRITON_INTERPRET=1 (the kernels run on CUDA "
+                "devices)")
+    for name in ("eta", "alpha"):
+        if gates[name].ndim != 3:
+            return (f"channel-wise or element-wise gates['{name}'] have no Triton kernel "
+                    "(scalar [B, T, H] gates only)")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# buffers and launches
+
+
+def _pow2(n: int, low: int = 16) -> int:
+    return max(low, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    if POISON_BUFFERS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def segments(T: int, chunk_size: int, lag_token: bool) -> tuple[list[int], int]:
+    """Segment boundaries ``[0, ..., T]`` and the number of chunks.
+
+    A segment is a chunk; with Memora's lag token each chunk of two or more tokens is split
+    into the lag token and the rest (Eq 30-32), so chunk ``c`` starts segment ``2c``.
+    """
+    bounds = [0]
+    n_chunks = 0
+    for s in range(0, T, chunk_size):
+        e = min(s + chunk_size, T)
+        n_chunks += 1
+        if lag_token and e - s > 1:
+            bounds.append(s + 1)
+        bounds.append(e)
+    return bounds, n_chunks
+
+
+@dataclass
+class Launch:
+    """Sizes of one call."""
+
+    B: int
+    T: int
+    H: int
+    chunk_size: int
+    bounds: torch.Tensor  # int32 [NSEG + 1] on the device
+    n_seg: int
+    n_chunks: int
+    block_c: int
+    prec: str
+    num_warps: int
+    block_hidden: int = 64
+    #: use the torch recomputation for the gradients even where a backward kernel exists
+    torch_backward: bool = False
+
+
+def dot_precision(plan: Plan, dtype: torch.dtype, override: str | None = None) -> str:
+    """``tl.dot`` precision: full float32 (``"ieee"``) unless the inputs are 16-bit and the
+    configuration tolerates TF32's 2^-11 rounding.
+
+    Measured sensitivity (torch backend, inputs perturbed by 2^-11 relative): matrix memories
+    move by ~5e-4, but Yaad by ~3e-2 (tokens near the switch ‖e‖ = δ of Eq 16 change branch)
+    and Memora by ~1e-2. So TF32 is used for bf16/fp16 inputs on matrix memories without the
+    Huber switch, full float32 everywhere else (``override`` picks either).
+    """
+    if override is not None:
+        if override not in ("ieee", "tf32"):
+            raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {override!r}")
+        return override
+    if dtype == torch.float32:
+        return "ieee"
+    huber = plan.bias in (BIAS_CODES["huber_smooth"], BIAS_CODES["huber_exact"])
+    return "tf32" if plan.kind == "matrix" and not huber else "ieee"
+
+
+def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | None,
+            precision: str | None = None) -> Launch:
+    B, T, H = q.shape[:3]
+    bounds, n_chunks = segments(T, chunk_size, plan.config.lag_token)
+    mem = plan.config.memory
+    dims = (mem.d_k, mem.d_v) if plan.kind == "matrix" else (mem.d,)
+    big = max(_pow2(d) for d in dims)
+    hidden = 64
+    if plan.kind == "mlp":
+        # d = 128 with 64-wide hidden blocks needs more than the 227 KiB of shared memory
+        hidden = block_hidden or min(64 if big <= 64 else 32, _pow2(mem.hidden))
+    prec = dot_precision(plan, q.dtype, precision)
+    block_c = _pow2(chunk_size)
+    # full-float32 products are unrolled into FMAs: 8 warps halve each thread's share (and
+    # the compile time) for 64-wide tiles; head dims of 128 need 8 warps for the state tile
+    warps = 8 if big >= 128 or (prec == "ieee" and min(block_c, big) >= 64) else 4
+    return Launch(B, T, H, chunk_size,
+                  torch.tensor(bounds, dtype=torch.int32, device=q.device), len(bounds) - 1,
+                  n_chunks, block_c, prec, warps, _pow2(hidden))
+
+
+def _bias_args(plan: Plan):
+    return (plan.p, plan.sharpness, plan.eps)
+
+
+def _matrix_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0):
+    from .matrix import matrix_output_kernel, matrix_state_kernel
+
+    mem = plan.config.memory
+    dk, dv = mem.d_k, mem.d_v
+    dev = q.device
+    f32 = torch.float32
+    states = _empty((L.B, L.H, L.n_seg, dv, dk), f32, dev)
+    dy = _empty((L.B, L.T, L.H, dv), f32, dev)
+    zt = _empty((L.B, L.H, dv, dk), f32, dev)
+    y = _empty((L.B, L.T, L.H, dv), q.dtype, dev)
+    bk, bv = _pow2(dk), _pow2(dv)
+    delta_arg = eta if delta is None else delta
+    cw = delta is not None and delta.ndim == 4
+    matrix_state_kernel[(L.B * L.H,)](
+        k, v, eta, alpha, delta_arg, z0[0], L.bounds, states, dy, zt,
+        L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), plan.q, plan.c,
+        BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
+        BC=L.block_c, BK=bk, BV=bv, PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+    matrix_output_kernel[(L.n_seg, L.B * L.H)](
+        q, k, eta, alpha, L.bounds, states, dy, y,
+        L.T, L.H, dk, dv, L.n_seg, plan.q, plan.c,
+        LINK=plan.link, BC=L.block_c, BK=bk, BV=bv, PREC=L.prec, num_warps=L.num_warps,
+        num_stages=1)
+    return y, (zt,), (states,)
+
+
+def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
+    from .matrix import matrix_backward_kernel, matrix_backward_state_kernel
+
+    q, k, v, eta, alpha, delta, states = saved
+    mem = plan.config.memory
+    dk, dv = mem.d_k, mem.d_v
+    dev = q.device
+    f32 = torch.float32
+    gzs = _empty((L.B, L.H, L.n_seg, dv, dk), f32, dev)
+    gz0 = _empty((L.B, L.H, dv, dk), f32, dev)
+    gq = _empty(q.shape, q.dtype, dev)
+    gk = _empty(k.shape, k.dtype, dev)
+    gv = _empty(v.shape, v.dtype, dev)
+    geta = _empty(eta.shape, f32, dev)
+    galpha = _empty(alpha.shape, f32, dev)
+    gdelta = None if delta is None else _empty(delta.shape, f32, dev)
+    gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+    cw = delta is not None and delta.ndim == 4
+    delta_arg = eta if delta is None else delta
+    consts = dict(BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, BC=L.block_c,
+                  BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+    matrix_backward_state_kernel[(L.B * L.H,)](
+        q, k, v, eta, alpha, delta_arg, L.bounds, states, gy,
+        gy if gzt is None else gzt.contiguous(), gzs, gz0,
+        L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), HAS_GZT=gzt is not None, **consts)
+    matrix_backward_kernel[(L.n_seg, L.B * L.H)](
+        q, k, v, eta, alpha, delta_arg, L.bounds, states, gzs, gy, gq, gk, gv, geta, galpha,
+        geta if gdelta is None else gdelta, L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan),
+        **consts)
+    return gq, gk, gv, geta, galpha, gdelta, (gz0,)
+
+
+#: without gradients, the MLP forward keeps at most this many segment states at a time
+MLP_WINDOW = 256
+
+
+def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True):
+    """MLP forward. With ``keep_states`` (gradients needed) every segment's start state is
+    kept for the backward; without, the segments run in windows of :data:`MLP_WINDOW`, so
+    the state memory does not grow with ``T``."""
+    from .mlp import mlp_output_kernel, mlp_state_kernel
+
+    mem = plan.config.memory
+    d, hd = mem.d, mem.hidden
+    dev = q.device
+    f32 = torch.float32
+    window = L.n_seg if keep_states else min(L.n_seg, MLP_WINDOW)
+    # slots: the state at every segment start of a window, then the window's final state
+    s1 = _empty((L.B, L.H, window + 1, d, hd), f32, dev)
+    s2 = _empty((L.B, L.H, window + 1, hd, d), f32, dev)
+    s1[:, :, 0] = z0[0]
+    s2[:, :, 0] = z0[1]
+    dz = _empty((L.B, L.T, L.H, d), f32, dev)
+    y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
+    delta_arg = eta if delta is None else delta
+    cw = delta is not None and delta.ndim == 4
+    bd = _pow2(d)
+    for w0 in range(0, L.n_seg, window):
+        n = min(window, L.n_seg - w0)
+        # a fresh (aligned) copy: an offset pointer would compile another kernel variant
+        bounds = L.bounds if n == L.n_seg else L.bounds[w0:w0 + n + 1].clone()
+        if w0 > 0:  # the previous window's final state starts this one
+            s1[:, :, 0] = s1[:, :, window]
+            s2[:, :, 0] = s2[:, :, window]
+        mlp_state_kernel[(L.B * L.H,)](
+            k, v, eta, alpha, delta_arg, bounds, s1, s2, dz,
+            L.T, L.H, d, hd, n, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
+            BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
+            BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec, num_warps=L.num_warps,
+            num_stages=1)
+        mlp_output_kernel[(n, L.B * L.H)](
+            q, k, eta, alpha, bounds, s1, s2, dz, y,
+            L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
+            LINK=plan.link, DECAYED=plan.decayed, BC=L.block_c, BD=bd, BH=L.block_hidden,
+            PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+        if n < window:  # a short last window: move its final state to the last slot
+            s1[:, :, window] = s1[:, :, n]
+            s2[:, :, window] = s2[:, :, n]
+    final = (s1[:, :, window].clone(), s2[:, :, window].clone())
+    return y, final, (s1[:, :, :-1], s2[:, :, :-1])
+
+
+def _mlp_backward(plan: Plan, L: Launch, saved, gy, gzt):
+    from .mlp import mlp_backward_kernel
+
+    q, k, v, eta, alpha, delta, s1, s2 = saved
+    mem = plan.config.memory
+    d, hd = mem.d, mem.hidden
+    dev = q.device
+    f32 = torch.float32
+    # hidden blocks of 32: at 64 the kernel needs ~280 KiB of shared memory (H100: 227 KiB)
+    bhid = min(32, L.block_hidden)
+    n_blocks = -(-hd // bhid)
+    # ping-pong slots of the end-state gradient; slot 0 starts as the final state's gradient
+    g1 = _empty((L.B, L.H, 2, d, hd), f32, dev)
+    g2 = _empty((L.B, L.H, 2, hd, d), f32, dev)
+    for g, gt in ((g1, gzt[0]), (g2, gzt[1])):
+        if gt is None:
+            g[:, :, 0].zero_()
+        else:
+            g[:, :, 0] = gt
+    scratch = _empty((L.B, L.H, 2, L.block_c, n_blocks * bhid), f32, dev)
+    gq = _empty(q.shape, q.dtype, dev)
+    gk = _empty(k.shape, k.dtype, dev)
+    gv = _empty(v.shape, v.dtype, dev)
+    geta = _empty(eta.shape, f32, dev)
+    galpha = _empty(alpha.shape, f32, dev)
+    gdelta = None if delta is None else _empty(delta.shape, f32, dev)
+    gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+    cw = delta is not None and delta.ndim == 4
+    mlp_backward_kernel[(L.B * L.H,)](
+        q, k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2,
+        gy, g1, g2, scratch, gq, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
+        L.T, L.H, d, hd, L.n_seg, *_bias_args(plan), float(mem.eps),
+        BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, BC=L.block_c, BD=_pow2(d),
+        BH=bhid, PREC=L.prec, num_warps=8 if L.block_c >= 64 else L.num_warps, num_stages=1)
+    last = L.n_seg % 2
+    return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])
+
+
+def _chunk_starts(plan: Plan, L: Launch, states) -> tuple:
+    """The stored states at the start of every chunk (every other segment with a lag token)."""
+    step = 2 if plan.config.lag_token else 1
+    return tuple(s[:, :, 0:step * L.n_chunks:step] for s in states)
+
+
+def _torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
+    """Gradients by torch autograd on :func:`miras_gpu.torch.chunked.process_chunk`, one chunk
+    at a time from the last, each recomputed from its stored start state."""
+    q, k, v, eta, alpha, delta, *states = saved
+    config = plan.config
+    names = list(config.memory.shapes)
+    starts = _chunk_starts(plan, L, states)
+    f32 = torch.float32
+    # ℓq links recompute in float64: the torch backend's float32 ℓq link turns a zero state
+    # into 0/0 (1e-30 ** (q-2) underflows) and overflows Σ|A|^q for |A| above ~1e9
+    rdt = torch.float64 if plan.link in (LINK_CODES["lq_simplified"], LINK_CODES["lq_exact"]) \
+        else f32
+    inputs = {"q": q, "k": k, "v": v, "eta": eta, "alpha": alpha}
+    if delta is not None:
+        inputs["delta"] = delta
+    grads = {n: torch.zeros(x.shape, dtype=f32, device=x.device) for n, x in inputs.items()}
+    gz = [torch.zeros(s.shape[:2] + s.shape[3:], dtype=rdt, device=q.device)
+          if g is None else g.to(rdt) for s, g in zip(starts, gzt)]
+    gate_names = [n for n in ("eta", "alpha", "delta") if n in inputs]
+    for c in reversed(range(L.n_chunks)):
+        s, e = c * L.chunk_size, min((c + 1) * L.chunk_size, L.T)
+        leaves = {n: x[:, s:e].to(rdt).movedim(2, 1).detach().requires_grad_(True)
+                  for n, x in inputs.items()}
+        zc = {n: st[:, :, c].to(rdt).detach().requires_grad_(True)
+              for n, st in zip(names, starts)}
+        with torch.enable_grad():
+            yc, zend = torch_chunked.process_chunk(
+                config, zc, leaves["q"], leaves["k"], leaves["v"],
+                {n: leaves[n] for n in gate_names})
+        outs = [yc] + [zend[n] for n in names]
+        gout = [torch.zeros_like(yc) if gy is None else gy[:, s:e].to(rdt).movedim(2, 1)]
+        gout += gz
+        wrt = list(leaves.values()) + [zc[n] for n in names]
+        res = torch.autograd.grad(outs, wrt, gout, allow_unused=True)
+        for (n, _), g in zip(leaves.items(), res):
+            if g is not None:
+                grads[n][:, s:e] = g.movedim(1, 2)
+        gz = [torch.zeros_like(zc[n]) if g is None else g
+              for n, g in zip(names, res[len(leaves):])]
+    out = [grads["q"].to(q.dtype), grads["k"].to(k.dtype), grads["v"].to(v.dtype),
+           grads["eta"], grads["alpha"], grads.get("delta")]
+    return (*out, tuple(g.to(f32) for g in gz))
+
+
+class ChunkedScan(torch.autograd.Function):
+    """``(y, *final_state) = ChunkedScan.apply(plan, launch, q, k, v, eta, alpha, delta,
+    *initial_state)`` with Triton forward kernels and the backward of :class:`Plan`."""
+
+    @staticmethod
+    def forward(ctx, plan, launch, q, k, v, eta, alpha, delta, *z0):
+        if plan.kind == "matrix":
+            y, zt, states = _matrix_forward(plan, launch, q, k, v, eta, alpha, delta, z0)
+        else:
+            keep = any(ctx.needs_input_grad)
+            y, zt, states = _mlp_forward(plan, launch, q, k, v, eta, alpha, delta, z0, keep)
+            if not keep:
+                states = ()
+        ctx.plan, ctx.launch = plan, launch
+        ctx.n_state = len(z0)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, eta, alpha, delta, *states)
+        return (y, *zt)
+
+    @staticmethod
+    def backward(ctx, gy, *gzt):
+        plan, launch = ctx.plan, ctx.launch
+        saved = ctx.saved_tensors
+        out = None
+        if plan.triton_backward and not launch.torch_backward:
+            try:
+                if plan.kind == "matrix":
+                    out = _matrix_backward(plan, launch, saved, gy, gzt[0])
+                else:
+                    out = _mlp_backward(plan, launch, saved, gy, gzt)
+            except OutOfResources as exc:  # e.g. a chunk of 128 with d = 128
+                _note(f"the backward kernel does not fit this device ({exc}); the gradients "
+                      "are recomputed with torch")
+        if out is None:
+            out = _torch_backward(plan, launch, saved, gy, gzt)
+        *first, gz0 = out
+        return (None, None, *first, *gz0)
+
+
+# --------------------------------------------------------------------------------------------
+# public ops
+
+
+def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
+                 output_final_state=False, cu_seqlens=None, block_hidden=None,
+                 backward="auto", dot_precision=None, **torch_options):
+    """Chunk-parallel MIRAS forward (Eq 28-32) on the Triton kernels, any ``T``.
+
+    Same arguments and returns as :func:`miras_gpu.torch.scan_chunked`, plus
+
+    block_hidden : int, optional
+        Hidden-axis block of the MLP kernels (a power of two; default ``min(64, E·d)``).
+    backward : ``"auto"`` or ``"torch"``
+        ``"torch"`` forces the chunk-by-chunk torch recomputation for the gradients even where
+        the hand-written backward kernel exists (to check one against the other).
+    dot_precision : ``None``, ``"ieee"`` or ``"tf32"``
+        Precision of the kernels' matrix products (:func:`dot_precision` picks by default:
+        TF32 only for 16-bit inputs on matrix memories without the Huber switch).
+    **torch_options
+        Passed to the torch backend when a call falls back to it (``checkpoint``, ...).
+
+    Returns ``(y [B, T, H, d_v], final_state or None)``; ``y`` in the dtype of ``q``, the
+    final state in float32.
+    """
+    if chunk_size is not None:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+    if backward not in ("auto", "torch"):
+        raise ValueError(f"backward must be 'auto' or 'torch', got {backward!r}")
+    if cu_seqlens is not None:
+        from ..varlen import split_scan
+
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+        return split_scan(scan_chunked, config, q, k, v, gates, chunk_size, initial_state,
+                          output_final_state, cu_seqlens, torch.cat, block_hidden=block_hidden,
+                          backward=backward, dot_precision=dot_precision, **torch_options)
+    if chunk_size is None:
+        return scan(config, q, k, v, gates, initial_state, output_final_state)
+
+    def fallback(reason):
+        _note(reason)
+        return torch_ops.scan_chunked(config, q, k, v, gates, chunk_size, initial_state,
+                                      output_final_state, **torch_options)
+
+    if not hasattr(config, "algorithm"):
+        raise TypeError(f"config must be a MirasConfig, got {type(config).__name__}")
+    plan = plan_for(config)
+    if isinstance(plan, str):
+        return fallback(plan)
+    torch_chunked.check_chunkable(config)
+    inp = validate_inputs(config, q, k, v, gates)
+    reason = _input_reason(config, q, inp.gates)
+    if reason is not None:
+        return fallback(reason)
+    z0 = initial_memory_state(config, initial_state, inp, lambda: default_state(config, inp))
+    names = list(config.memory.shapes)
+    launch = _launch(plan, q, chunk_size, block_hidden, dot_precision)
+    g = {n: a.movedim(1, 2).contiguous() for n, a in inp.gates.items()}  # [B, T, H, ...]
+    launch.torch_backward = backward == "torch"
+    try:
+        y, *zt = ChunkedScan.apply(plan, launch, q.contiguous(), k.contiguous(),
+                                   v.contiguous(), g["eta"], g["alpha"], g.get("delta"),
+                                   *[z0[n].contiguous() for n in names])
+    except OutOfResources as exc:  # the tiles of this chunk size / head dim do not fit
+        return fallback(f"the kernels do not fit this device at chunk_size={chunk_size} "
+                        f"({exc})")
+    final = dict(zip(names, zt)) if output_final_state else None
+    return y, final
+
+
+def scan(config, q, k, v, gates=None, initial_state=None, output_final_state=False):
+    """The exact recurrence: the chunked kernels with chunk size 1 (equal to the recurrence,
+    Sec 5.4) where they cover ``config``, else :func:`miras_gpu.torch.scan`."""
+    if not hasattr(config, "algorithm"):
+        raise TypeError(f"config must be a MirasConfig, got {type(config).__name__}")
+    plan = plan_for(config)
+    if isinstance(plan, str):
+        _note(plan)
+        return torch_ops.scan(config, q, k, v, gates, initial_state, output_final_state)
+    return scan_chunked(config, q, k, v, gates, 1, initial_state, output_final_state)

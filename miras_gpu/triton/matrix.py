@@ -1,0 +1,330 @@
+"""Triton kernels of the chunked MIRAS form for the matrix memory ``M(W, k) = W k``.
+
+``W in R^{d_v x d_k}``, one program per ``(batch, head)`` or per ``(segment, batch, head)``.
+Inputs are ``[B, T, H, D]`` contiguous (any float dtype; loaded and computed in fp32), gates
+``[B, T, H]`` fp32, the memory state fp32 ``[B, H, d_v, d_k]``. A *segment* is a chunk (or,
+with Memora's lag token, the lag token or the rest of a chunk); ``bounds`` holds the segment
+boundaries ``[NSEG + 1]`` (int32).
+
+Notation per segment (``C`` tokens ``t' + 1 .. t' + C``, Eq 28-29): ``Z0`` the state at its
+start, ``A = ψ(Z0)`` (or ``α_{t'+1} Z0`` for the decayed-anchor ℓ2 gate) the anchor,
+``lb_t = Σ_{j<=t} log α_j`` from the segment start, ``E_t = exp(lb_t)`` the decay,
+``M[t, i] = η_i exp(lb_t - lb_i)`` (``i <= t``) the mask ``E ⊙ B`` of the paper, and
+``dY = ∇_y L(K Aᵀ; V)`` the per-token output gradients at the anchor.
+
+Kernels:
+
+* :func:`matrix_state_kernel` (grid ``B·H``, sequential over segments): stores ``Z0`` of every
+  segment and ``dY``, and steps ``Z_end = E_C Z0 - (w ⊙ dY)ᵀ K`` with
+  ``w_i = η_i exp(lb_C - lb_i)``;
+* :func:`matrix_output_kernel` (grid ``NSEG × B·H``, parallel over segments): the reads
+  ``y_t = ψ(Z_t) q_t``; for the identity link ``Y = E ⊙ (Q Z0ᵀ) - (M ⊙ Q Kᵀ) dY`` (all
+  ``tl.dot``); for the other links each ``Z_t`` is formed by the rank-1 recurrence
+  ``Z_t = α_t Z_{t-1} - η_t dY_t k_tᵀ`` (equal to Eq 29) and read through ψ;
+* :func:`matrix_backward_state_kernel` (grid ``B·H``, segments in reverse) and
+  :func:`matrix_backward_kernel` (grid ``NSEG × B·H``): the hand-written gradient of the
+  identity-link forward (no lag token) with respect to the end state of every segment, then,
+  in parallel, with respect to ``q, k, v, η, α, δ``; both recompute each segment from its
+  stored ``Z0``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._math import bias_grad, bias_grad_bwd, link
+
+
+@triton.jit
+def _segment_tiles(x_ptr, b, h, s0, s1, T, H, D, BC: tl.constexpr, BD: tl.constexpr):
+    """Load rows ``s0 .. s1-1`` of ``x [B, T, H, D]`` for head ``h`` as an fp32 ``[BC, BD]``."""
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    t = s0 + rc
+    tok = (b * T + t) * H + h
+    m = (t < s1)[:, None] & (rd < D)[None, :]
+    return tl.load(x_ptr + tok[:, None] * D + rd[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW: tl.constexpr, BIAS: tl.constexpr):
+    if BIAS >= 4:
+        if DELTA_CW:
+            return tl.load(delta_ptr + tok[:, None] * DV + rv[None, :],
+                           mask=mt[:, None] & (rv < DV)[None, :], other=1.0)
+        else:
+            return tl.load(delta_ptr + tok, mask=mt, other=1.0)
+    else:
+        return tl.zeros_like(mt.to(tl.float32))
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def matrix_state_kernel(
+    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, z0_ptr, bounds_ptr,
+    states_ptr, dy_ptr, zt_ptr,
+    T, H, DK, DV, NSEG,
+    P, SHARP, EPS, LQ, KLC,
+    BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rc = tl.arange(0, BC)
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
+    zoff = rv[:, None] * DK + rk[None, :]
+    z = tl.load(z0_ptr + bh * DV * DK + zoff, mask=zmask, other=0.0)
+    for s in range(0, NSEG):
+        s0 = tl.load(bounds_ptr + s)
+        s1 = tl.load(bounds_ptr + s + 1)
+        tl.store(states_ptr + (bh * NSEG + s) * DV * DK + zoff, z, mask=zmask)
+        t = s0 + rc
+        mt = t < s1
+        tok = (b * T + t) * H + h
+        kt = _segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+        vt = _segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
+        eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
+        la = tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0))
+        delta = _delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
+        # Eq 28: every gradient of the segment at its starting state (the anchor)
+        if DECAYED:
+            a = tl.load(alpha_ptr + (b * T + s0) * H + h) * z
+        else:
+            a = link(z, zmask, LINK, LQ, KLC)
+        yk = tl.dot(kt, tl.trans(a), input_precision=PREC)
+        dy = bias_grad(yk - vt, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS)
+        ymask = mt[:, None] & (rv < DV)[None, :]
+        dy = tl.where(ymask, dy, 0.0)
+        tl.store(dy_ptr + tok[:, None] * DV + rv[None, :], dy, mask=ymask)
+        # Eq 29 at the segment end: Z = (β_C/β_0) Z0 - Σ_i η_i (β_C/β_i) dY_i k_iᵀ
+        lb = tl.cumsum(la, axis=0)
+        lbl = tl.sum(tl.where(rc == s1 - s0 - 1, lb, 0.0), axis=0)
+        w = eta * tl.exp(lbl - lb)
+        z = tl.exp(lbl) * z - tl.dot(tl.trans(dy * w[:, None]), kt, input_precision=PREC)
+    tl.store(zt_ptr + bh * DV * DK + zoff, z, mask=zmask)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def matrix_output_kernel(
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, states_ptr, dy_ptr, y_ptr,
+    T, H, DK, DV, NSEG, LQ, KLC,
+    LINK: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rc = tl.arange(0, BC)
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
+    zoff = rv[:, None] * DK + rk[None, :]
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
+    if LINK == 0:
+        t = s0 + rc
+        mt = t < s1
+        tok = (b * T + t) * H + h
+        qt = _segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+        kt = _segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+        ymask = mt[:, None] & (rv < DV)[None, :]
+        dy = tl.load(dy_ptr + tok[:, None] * DV + rv[None, :], mask=ymask, other=0.0)
+        eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
+        lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0)), axis=0)
+        causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+        mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+        mask = mask * eta[None, :]
+        # Y = E ⊙ (Q Z0ᵀ) - (M ⊙ Q Kᵀ) dY: the read of Z_t without forming it
+        scores = tl.dot(qt, tl.trans(kt), input_precision=PREC) * mask
+        y = tl.exp(lb)[:, None] * tl.dot(qt, tl.trans(z0), input_precision=PREC)
+        y = y - tl.dot(scores, dy, input_precision=PREC)
+        tl.store(y_ptr + tok[:, None] * DV + rv[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=ymask)
+    else:
+        z = z0
+        for i in range(0, s1 - s0):
+            tok = (b * T + s0 + i) * H + h
+            kt = tl.load(k_ptr + tok * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
+            qt = tl.load(q_ptr + tok * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
+            dyt = tl.load(dy_ptr + tok * DV + rv, mask=rv < DV, other=0.0)
+            al = tl.load(alpha_ptr + tok)
+            et = tl.load(eta_ptr + tok)
+            # Z_t = α_t Z_{t-1} - η_t dY_t k_tᵀ (= Eq 29 token by token); y_t = ψ(Z_t) q_t
+            z = al * z - et * (dyt[:, None] * kt[None, :])
+            wt = link(z, zmask, LINK, LQ, KLC)
+            yt = tl.sum(wt * qt[None, :], axis=1)
+            tl.store(y_ptr + tok * DV + rv, yt.to(y_ptr.dtype.element_ty), mask=rv < DV)
+
+
+@triton.jit
+def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h, s0, s1, z0,
+               T, H, DK, DV, P, SHARP, EPS,
+               BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+               BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """The forward quantities of one identity-link segment, recomputed from its ``Z0``."""
+    rc = tl.arange(0, BC)
+    rv = tl.arange(0, BV)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    vmask = mt[:, None] & (rv < DV)[None, :]
+    qt = _segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+    kt = _segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+    vt = _segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
+    gy = _segment_tiles(gy_ptr, b, h, s0, s1, T, H, DV, BC, BV)
+    eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
+    alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
+    delta = _delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
+    if DECAYED:
+        s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
+    else:
+        s_anchor = 1.0
+    a = s_anchor * z0
+    e = tl.dot(kt, tl.trans(a), input_precision=PREC) - vt
+    dy = tl.where(vmask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
+    lb = tl.cumsum(tl.log(alpha), axis=0)
+    last = rc == s1 - s0 - 1
+    lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
+    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+    dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+    mask = dec * eta[None, :]
+    pqk = tl.dot(qt, tl.trans(kt), input_precision=PREC)
+    el = tl.exp(lb)
+    wl = tl.exp(lbl - lb)
+    return (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
+            el, wl)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def matrix_backward_state_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, states_ptr,
+    gy_ptr, gzt_ptr, gzs_ptr, gz0_ptr,
+    T, H, DK, DV, NSEG,
+    P, SHARP, EPS,
+    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr, HAS_GZT: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """The gradient of every segment's end state, segments in reverse (grid ``B·H``).
+
+    Stores ``gZ_end`` of segment ``s`` in ``gzs[b, h, s]`` and the initial state's gradient:
+    ``gdY = -(M ⊙ P)ᵀ gY - w ⊙ (K gZᵀ)``, ``ge = J_eᵀ gdY``,
+    ``gZ0 = (E ⊙ gY)ᵀ Q + E_C gZ + s0 geᵀ K``.
+    """
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
+    zoff = rv[:, None] * DK + rk[None, :]
+    if HAS_GZT:
+        gz = tl.load(gzt_ptr + bh * DV * DK + zoff, mask=zmask, other=0.0)
+    else:
+        gz = tl.zeros([BV, BK], dtype=tl.float32)
+    for r in range(0, NSEG):
+        s = NSEG - 1 - r
+        s0 = tl.load(bounds_ptr + s)
+        s1 = tl.load(bounds_ptr + s + 1)
+        tl.store(gzs_ptr + (bh * NSEG + s) * DV * DK + zoff, gz, mask=zmask)
+        z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
+        (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
+         el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
+                              s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
+                              BC, BK, BV, PREC)
+        w = eta * wl
+        kgz = tl.dot(kt, tl.trans(gz), input_precision=PREC)  # [BC, BV]
+        gdy = -tl.dot(tl.trans(pqk * mask), gy, input_precision=PREC) - w[:, None] * kgz
+        ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
+        vmask = (s0 + tl.arange(0, BC) < s1)[:, None] & (rv < DV)[None, :]
+        ge = tl.where(vmask, ge, 0.0)
+        ga = tl.dot(tl.trans(ge), kt, input_precision=PREC)  # [BV, BK]
+        # the gradient of the segment's start state is the previous segment's end gradient
+        gz = (tl.dot(tl.trans(gy * el[:, None]), qt, input_precision=PREC)
+              + tl.exp(lbl) * gz + s_anchor * ga)
+    tl.store(gz0_ptr + bh * DV * DK + zoff, gz, mask=zmask)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def matrix_backward_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, states_ptr, gzs_ptr,
+    gy_ptr, gq_ptr, gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
+    T, H, DK, DV, NSEG,
+    P, SHARP, EPS,
+    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Input gradients of one identity-link segment (grid ``NSEG × B·H``).
+
+    With ``gY`` the output gradient and ``gZ = gzs[s]`` the gradient of the segment's end
+    state: ``gMP = -gY dYᵀ`` (the gradient of ``M ⊙ P``, ``P = Q Kᵀ``),
+    ``gQ = (gMP ⊙ M) K + E ⊙ (gY Z0)``, ``gK = (gMP ⊙ M)ᵀ Q - w ⊙ (dY gZ) + ge A``,
+    ``gV = -ge`` (``+gdY`` for the dot product), and the gate gradients through ``M``, ``E``
+    and ``w`` (``lb`` to ``log α`` by a reverse cumulative sum).
+    """
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rc = tl.arange(0, BC)
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
+    zoff = rv[:, None] * DK + rk[None, :]
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    kmask = mt[:, None] & (rk < DK)[None, :]
+    vmask = mt[:, None] & (rv < DV)[None, :]
+    z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
+    gz = tl.load(gzs_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
+    (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
+     el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
+                          s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
+                          BC, BK, BV, PREC)
+    w = eta * wl
+    kgz = tl.dot(kt, tl.trans(gz), input_precision=PREC)  # [BC, BV]
+    gdy = -tl.dot(tl.trans(pqk * mask), gy, input_precision=PREC) - w[:, None] * kgz
+    ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
+    ge = tl.where(vmask, ge, 0.0)
+    gmp = -tl.dot(gy, tl.trans(dy), input_precision=PREC)  # ∂L/∂(M ⊙ P)
+    gp = gmp * mask
+    gm = gmp * pqk
+    gq = tl.dot(gp, kt, input_precision=PREC)
+    gq += el[:, None] * tl.dot(gy, z0, input_precision=PREC)
+    tl.store(gq_ptr + tok[:, None] * DK + rk[None, :], gq.to(gq_ptr.dtype.element_ty),
+             mask=kmask)
+    gk = tl.dot(tl.trans(gp), qt, input_precision=PREC)
+    gk -= w[:, None] * tl.dot(dy, gz, input_precision=PREC)
+    gk += tl.dot(ge, a, input_precision=PREC)
+    tl.store(gk_ptr + tok[:, None] * DK + rk[None, :], gk.to(gk_ptr.dtype.element_ty),
+             mask=kmask)
+    tl.store(gv_ptr + tok[:, None] * DV + rv[None, :], gv.to(gv_ptr.dtype.element_ty),
+             mask=vmask)
+    # gate gradients: M[t, i] = η_i exp(lb_t - lb_i), E_t = exp(lb_t), w_i = η_i exp(lb_C - lb_i)
+    gw = -tl.sum(dy * kgz, axis=1)
+    geta = tl.sum(gm * dec, axis=0) + gw * wl
+    gmm = gm * mask
+    qz = tl.dot(qt, tl.trans(z0), input_precision=PREC)
+    glb = tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0) + el * tl.sum(gy * qz, axis=1)
+    glb = glb - gw * w
+    end = tl.exp(lbl) * tl.sum(tl.sum(gz * z0, axis=1), axis=0) + tl.sum(gw * w, axis=0)
+    glb = tl.where(last, glb + end, glb)
+    gla = tl.sum(glb, axis=0) - tl.cumsum(glb, axis=0) + glb  # Σ_{t >= j} glb_t
+    galpha = gla / alpha
+    if DECAYED:  # the anchor α_{t'+1} Z0
+        ga = tl.dot(tl.trans(ge), kt, input_precision=PREC)
+        galpha = tl.where(rc == 0, galpha + tl.sum(tl.sum(ga * z0, axis=1), axis=0), galpha)
+    tl.store(geta_ptr + tok, geta, mask=mt)
+    tl.store(galpha_ptr + tok, galpha, mask=mt)
+    if BIAS >= 4:
+        if DELTA_CW:
+            tl.store(gdelta_ptr + tok[:, None] * DV + rv[None, :], gdelta, mask=vmask)
+        else:
+            tl.store(gdelta_ptr + tok, gdelta, mask=mt)

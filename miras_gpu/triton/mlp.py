@@ -1,0 +1,599 @@
+"""Triton kernels of the chunked MIRAS form for the 2-layer MLP memory (Sec 5.3).
+
+``M(x) = x + LN(W1 σ(W2 x))`` with ``W2 in R^{Ed x d}``, ``W1 in R^{d x Ed}``, σ = GELU
+(tanh form), LN without affine parameters (as :class:`miras_ref.memory.MLPMemory`). The state
+of every segment start lives in fp32 *slots* in global memory,
+``s1 [B, H, NSEG + 1, d, Ed]`` and ``s2 [B, H, NSEG + 1, Ed, d]`` (slot 0: the initial state,
+slot ``NSEG``: the final state); the hidden axis ``Ed`` is processed in blocks of ``BH``.
+
+Per segment, with the anchor ``A = ψ(Z0)`` (Eq 28) and the decay/mask of
+:mod:`miras_gpu.triton.matrix`:
+
+* forward at the anchor: ``H = K A2ᵀ``, ``Â = σ(H)``, ``u = LN(Â A1ᵀ)``, ``dY = ∇L(K + u; V)``,
+  ``dZ = LN'ᵀ dY``, ``dH = (dZ A1) ⊙ σ'(H)``: the per-token gradients are ``dZ_i â_iᵀ`` (W1)
+  and ``dH_i k_iᵀ`` (W2);
+* :func:`mlp_state_kernel` (grid ``B·H``, sequential): stores ``dZ`` and the segment-end
+  state ``Z_end = E_C Z0 - (w ⊙ G)ᵀ X`` into the next slot;
+* :func:`mlp_output_kernel` (grid ``NSEG × B·H``): the reads
+  ``y_t = q_t + LN(ψ(Z1_t) σ(ψ(Z2_t) q_t))``. Identity link: both layers read in the dual
+  form ``Z_t x_t = E_t Z0 x_t - Σ_i M[t,i] (r_i·x_t) l_i`` (all ``tl.dot``). ℓq simplified
+  link (Moneta): the same dual-form reads scaled by ``‖Z_t‖_q^{2-q}``, whose per-token norms
+  come from the rank-1 recurrence ``Z_t = α_t Z_{t-1} - η_t l_t r_tᵀ`` over each block.
+  KL link (Memora, softmax over each row): the per-token states are formed by that
+  recurrence, ``W2_t`` rows are softmaxed inside a block, ``W1_t`` rows (over ``Ed``) by an
+  online softmax across blocks.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._math import (
+    bias_grad,
+    bias_grad_bwd,
+    gelu,
+    gelu_grad,
+    gelu_grad2,
+    inv_pow_norm,
+    link,
+    qnorm_update,
+)
+
+
+@triton.jit
+def _tiles(x_ptr, b, h, s0, s1, T, H, D, BC: tl.constexpr, BD: tl.constexpr):
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    t = s0 + rc
+    tok = (b * T + t) * H + h
+    m = (t < s1)[:, None] & (rd < D)[None, :]
+    return tl.load(x_ptr + tok[:, None] * D + rd[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_w2(s2_ptr, base, j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    """Rows ``j0 .. j0+BH`` of ``W2 [Ed, d]``: ``[BH, BD]`` and its validity mask."""
+    rj = j0 + tl.arange(0, BH)
+    rd = tl.arange(0, BD)
+    m = (rj < HD)[:, None] & (rd < D)[None, :]
+    return tl.load(s2_ptr + base + rj[:, None] * D + rd[None, :], mask=m, other=0.0), m
+
+
+@triton.jit
+def _load_w1(s1_ptr, base, j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    """Columns ``j0 .. j0+BH`` of ``W1 [d, Ed]``: ``[BD, BH]`` and its validity mask."""
+    rj = j0 + tl.arange(0, BH)
+    rd = tl.arange(0, BD)
+    m = (rd < D)[:, None] & (rj < HD)[None, :]
+    return tl.load(s1_ptr + base + rd[:, None] * HD + rj[None, :], mask=m, other=0.0), m
+
+
+@triton.jit
+def _store_w2(s2_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    rj = j0 + tl.arange(0, BH)
+    rd = tl.arange(0, BD)
+    m = (rj < HD)[:, None] & (rd < D)[None, :]
+    tl.store(s2_ptr + base + rj[:, None] * D + rd[None, :], w, mask=m)
+
+
+@triton.jit
+def _store_w1(s1_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    rj = j0 + tl.arange(0, BH)
+    rd = tl.arange(0, BD)
+    m = (rd < D)[:, None] & (rj < HD)[None, :]
+    tl.store(s1_ptr + base + rd[:, None] * HD + rj[None, :], w, mask=m)
+
+
+@triton.jit
+def _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK: tl.constexpr, LQ,
+                  BD: tl.constexpr, BH: tl.constexpr):
+    """Whole-parameter statistics of the anchor link at one slot.
+
+    ℓq (LINK 1): the scales ``‖Z1‖_q^{2-q}``, ``‖Z2‖_q^{2-q}``. KL (LINK 3): the row maxima
+    and sums of ``exp`` of ``Z1 [d, Ed]`` over ``Ed`` (online over the hidden blocks).
+    """
+    sc1 = 1.0
+    sc2 = 1.0
+    m1 = tl.full([BD], float("-inf"), tl.float32)
+    l1 = tl.zeros([BD], dtype=tl.float32)
+    if LINK == 1:
+        mx1 = 0.0
+        acc1 = 0.0
+        mx2 = 0.0
+        acc2 = 0.0
+        for jb in range(0, NB):
+            z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            mx2, acc2 = qnorm_update(mx2, acc2, z2b, LQ)
+            mx1, acc1 = qnorm_update(mx1, acc1, z1b, LQ)
+        sc1 = inv_pow_norm(mx1, acc1, LQ, LQ - 2.0)
+        sc2 = inv_pow_norm(mx2, acc2, LQ, LQ - 2.0)
+    if LINK == 3:
+        for jb in range(0, NB):
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            zm = tl.where(m1k, z1b, float("-inf"))
+            mn = tl.maximum(m1, tl.max(zm, axis=1))
+            mns = tl.where(mn == float("-inf"), 0.0, mn)
+            l1 = l1 * tl.exp(m1 - mns) + tl.sum(tl.exp(zm - mns[:, None]), axis=1)
+            m1 = mn
+    return sc1, sc2, m1, l1
+
+
+@triton.jit
+def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
+           LINK: tl.constexpr, LQ, KLC, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+    """One hidden block at the anchor: ``Z2b, Z1b`` (raw state), ``H = K A2bᵀ``, ``σ(H)``,
+    ``A1b`` and the masks."""
+    z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+    z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+    if LINK == 0:
+        a2b = s_anchor * z2b
+        a1b = s_anchor * z1b
+    elif LINK == 1:
+        a2b = z2b * sc2
+        a1b = z1b * sc1
+    else:
+        a2b = link(z2b, m2, 3, LQ, KLC)
+        m1s = tl.where(m1 == float("-inf"), 0.0, m1)
+        a1b = KLC * tl.exp(tl.where(m1k, z1b, float("-inf")) - m1s[:, None])
+        a1b = tl.where(m1k, a1b / tl.where(l1 > 0.0, l1, 1.0)[:, None], 0.0)
+    hb = tl.dot(kt, tl.trans(a2b), input_precision=PREC)
+    act = gelu(hb)
+    return z2b, m2, z1b, m1k, hb, act, a1b
+
+
+@triton.jit
+def _layer_norm(z, cm, D, LN_EPS):
+    """LayerNorm (no affine) over the valid columns ``cm``; returns ``(LN(z), rstd)``."""
+    mean = tl.sum(z, axis=1) / D
+    zc = tl.where(cm[None, :], z - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, axis=1) / D + LN_EPS)
+    return zc * rstd[:, None], rstd
+
+
+@triton.jit
+def _gates(eta_ptr, alpha_ptr, tok, mt):
+    eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
+    lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0)), axis=0)
+    return eta, lb
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def mlp_state_kernel(
+    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr,
+    T, H, D, HD, NSEG,
+    P, SHARP, EPS, LQ, KLC, LN_EPS,
+    BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    NB = tl.cdiv(HD, BH)
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    cm = rd < D
+    size = D * HD
+    for s in range(0, NSEG):
+        base = (bh * (NSEG + 1) + s) * size
+        s0 = tl.load(bounds_ptr + s)
+        s1 = tl.load(bounds_ptr + s + 1)
+        t = s0 + rc
+        mt = t < s1
+        tok = (b * T + t) * H + h
+        ymask = mt[:, None] & cm[None, :]
+        kt = _tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        vt = _tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+        if BIAS >= 4:
+            if DELTA_CW:
+                delta = tl.load(delta_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=1.0)
+            else:
+                delta = tl.load(delta_ptr + tok, mask=mt, other=1.0)
+        else:
+            delta = tl.zeros([BC], dtype=tl.float32)
+        if DECAYED:
+            s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
+        else:
+            s_anchor = 1.0
+        sc1, sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK, LQ, BD, BH)
+        # forward of the memory at the anchor: z = Â A1ᵀ, y = k + LN(z)
+        zp = tl.zeros([BC, BD], dtype=tl.float32)
+        for jb in range(0, NB):
+            z2b, m2, z1b, m1k, hb, act, a1b = _block(
+                s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
+                KLC, BD, BH, PREC)
+            zp += tl.dot(act, tl.trans(a1b), input_precision=PREC)
+        u, rstd = _layer_norm(zp, cm, D, LN_EPS)
+        e = tl.where(ymask, kt + u - vt, 0.0)
+        dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
+        # dz = LN'(z)ᵀ dy
+        dz = rstd[:, None] * (dy - (tl.sum(dy, axis=1) / D)[:, None]
+                              - u * (tl.sum(dy * u, axis=1) / D)[:, None])
+        dz = tl.where(ymask, dz, 0.0)
+        tl.store(dz_ptr + tok[:, None] * D + rd[None, :], dz, mask=ymask)
+        # Eq 29 at the segment end, block by block of the hidden axis
+        lbl = tl.sum(tl.where(rc == s1 - s0 - 1, lb, 0.0), axis=0)
+        w = eta * tl.exp(lbl - lb)
+        el = tl.exp(lbl)
+        for jb in range(0, NB):
+            z2b, m2, z1b, m1k, hb, act, a1b = _block(
+                s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
+                KLC, BD, BH, PREC)
+            dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
+            z2n = el * z2b - tl.dot(tl.trans(dh * w[:, None]), kt, input_precision=PREC)
+            z1n = el * z1b - tl.dot(tl.trans(dz * w[:, None]), act, input_precision=PREC)
+            _store_w2(s2_ptr, base + size, jb * BH, z2n, D, HD, BD, BH)
+            _store_w1(s1_ptr, base + size, jb * BH, z1n, D, HD, BD, BH)
+        # the next segment reads this slot: make every thread's stores visible
+        tl.debug_barrier()
+
+
+@triton.jit
+def _row(x, rc, i):
+    """Row ``i`` of a register tile ``x [BC, N]`` (a masked sum: no dynamic indexing)."""
+    return tl.sum(tl.where((rc == i)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def mlp_output_kernel(
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr,
+    T, H, D, HD, NSEG,
+    LQ, KLC, LN_EPS,
+    LINK: tl.constexpr, DECAYED: tl.constexpr,
+    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+):
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    NB = tl.cdiv(HD, BH)
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    cm = rd < D
+    base = (bh * (NSEG + 1) + s) * D * HD
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    n = s1 - s0
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    ymask = mt[:, None] & cm[None, :]
+    qt = _tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    kt = _tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+    eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+    el = tl.exp(lb)
+    if DECAYED:
+        s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
+    else:
+        s_anchor = 1.0
+    sc1, sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK, LQ, BD, BH)
+    if LINK == 3:
+        # Memora: per-token states by the rank-1 recurrence; W1 rows by an online softmax
+        mrun = tl.full([BC, BD], float("-inf"), tl.float32)
+        lrun = tl.zeros([BC, BD], dtype=tl.float32)
+        acc = tl.zeros([BC, BD], dtype=tl.float32)
+        for jb in range(0, NB):
+            z2, m2, z1, m1k, hb, act, a1b = _block(
+                s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
+                KLC, BD, BH, PREC)
+            dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
+            hid = (jb * BH + tl.arange(0, BH)) < HD
+            for i in range(0, n):
+                ti = (b * T + s0 + i) * H + h
+                al = tl.load(alpha_ptr + ti)
+                et = tl.load(eta_ptr + ti)
+                ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
+                qi = tl.load(q_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
+                dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
+                # Z_t = α_t Z_{t-1} - η_t G_t for both layers of this block
+                z2 = al * z2 - et * (_row(dh, rc, i)[:, None] * ki[None, :])
+                z1 = al * z1 - et * (dzi[:, None] * _row(act, rc, i)[None, :])
+                hh = tl.sum(link(z2, m2, 3, LQ, KLC) * qi[None, :], axis=1)
+                ai = tl.where(hid, gelu(hh), 0.0)
+                zm = tl.where(m1k, z1, float("-inf"))
+                zm = tl.where(cm[:, None], zm, 0.0)
+                sel = (rc == i)[:, None]
+                m_old = tl.max(tl.where(sel, mrun, float("-inf")), axis=0)
+                l_old = tl.sum(tl.where(sel, lrun, 0.0), axis=0)
+                a_old = tl.sum(tl.where(sel, acc, 0.0), axis=0)
+                mn = tl.maximum(m_old, tl.max(zm, axis=1))
+                keep = tl.exp(m_old - mn)
+                pz = tl.exp(zm - mn[:, None])
+                mrun = tl.where(sel, mn[None, :], mrun)
+                lrun = tl.where(sel, (l_old * keep + tl.sum(pz, axis=1))[None, :], lrun)
+                acc = tl.where(sel, (a_old * keep + tl.sum(pz * ai[None, :], axis=1))[None, :],
+                               acc)
+        zq = KLC * acc / tl.where(lrun > 0.0, lrun, 1.0)
+    else:
+        causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+        mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+        mask = mask * eta[None, :]
+        pm = tl.dot(qt, tl.trans(kt), input_precision=PREC) * mask
+        sct1 = tl.full([BC], 1.0, tl.float32)
+        sct2 = tl.full([BC], 1.0, tl.float32)
+        if LINK == 1:
+            # Moneta: ‖Z_t‖_q of every token's state, by the rank-1 recurrence per block
+            # overflow-safe ‖·‖_q accumulators per token (see _math.qnorm_update)
+            mx1 = tl.zeros([BC], dtype=tl.float32)
+            ac1 = tl.zeros([BC], dtype=tl.float32)
+            mx2 = tl.zeros([BC], dtype=tl.float32)
+            ac2 = tl.zeros([BC], dtype=tl.float32)
+            for jb in range(0, NB):
+                z2, m2, z1, m1k, hb, act, a1b = _block(
+                    s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
+                    KLC, BD, BH, PREC)
+                dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
+                for i in range(0, n):
+                    ti = (b * T + s0 + i) * H + h
+                    al = tl.load(alpha_ptr + ti)
+                    et = tl.load(eta_ptr + ti)
+                    ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
+                    dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
+                    z2 = al * z2 - et * (_row(dh, rc, i)[:, None] * ki[None, :])
+                    z1 = al * z1 - et * (dzi[:, None] * _row(act, rc, i)[None, :])
+                    sel = rc == i
+                    m2i, a2i = qnorm_update(tl.sum(tl.where(sel, mx2, 0.0), axis=0),
+                                            tl.sum(tl.where(sel, ac2, 0.0), axis=0), z2, LQ)
+                    m1i, a1i = qnorm_update(tl.sum(tl.where(sel, mx1, 0.0), axis=0),
+                                            tl.sum(tl.where(sel, ac1, 0.0), axis=0), z1, LQ)
+                    mx2 = tl.where(sel, m2i, mx2)
+                    ac2 = tl.where(sel, a2i, ac2)
+                    mx1 = tl.where(sel, m1i, mx1)
+                    ac1 = tl.where(sel, a1i, ac1)
+            sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
+            sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
+        # dual-form reads: Z2_t q_t and Z1_t σ(h_t) without forming Z_t
+        zq0 = tl.zeros([BC, BD], dtype=tl.float32)
+        sa = tl.zeros([BC, BC], dtype=tl.float32)
+        for jb in range(0, NB):
+            z2b, m2, z1b, m1k, hb, act, a1b = _block(
+                s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
+                KLC, BD, BH, PREC)
+            dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
+            hq = el[:, None] * tl.dot(qt, tl.trans(z2b), input_precision=PREC)
+            hq = (hq - tl.dot(pm, dh, input_precision=PREC)) * sct2[:, None]
+            aq = gelu(hq)
+            zq0 += tl.dot(aq, tl.trans(z1b), input_precision=PREC)
+            sa += tl.dot(aq, tl.trans(act), input_precision=PREC)
+        zq = el[:, None] * zq0 - tl.dot(sa * mask, dz, input_precision=PREC)
+        zq = zq * sct1[:, None]
+    zq = tl.where(ymask, zq, 0.0)
+    u, _ = _layer_norm(zq, cm, D, LN_EPS)
+    y = qt + u
+    tl.store(y_ptr + tok[:, None] * D + rd[None, :], y.to(y_ptr.dtype.element_ty), mask=ymask)
+
+
+@triton.jit
+def _scratch(scr_ptr, base, which, jb, NBH, BC: tl.constexpr, BH: tl.constexpr):
+    """Offsets of hidden block ``jb`` of scratch tile ``which`` (``[BC, NB·BH]`` each)."""
+    rc = tl.arange(0, BC)
+    rj = jb * BH + tl.arange(0, BH)
+    return scr_ptr + base + which * BC * NBH + rc[:, None] * NBH + rj[None, :]
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def mlp_backward_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr,
+    gy_ptr, g1_ptr, g2_ptr, scr_ptr,
+    gq_ptr, gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
+    T, H, D, HD, NSEG,
+    P, SHARP, EPS, LN_EPS,
+    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+):
+    """Gradients of the identity-link MLP forward, segments in reverse (grid ``B·H``).
+
+    Per segment: recompute the forward (anchor pass F1, reads F2) from the stored slot, then
+    back through ``y = q + LN(Zq)``, the two dual-form reads, the chunk-end updates and the
+    forward at the anchor (including the second-order terms of ``dZ = LN'ᵀ dY`` and
+    ``dH = (dZ A1) ⊙ σ'(H)``). The end-state gradient ``gZ`` lives in the ping-pong slots
+    ``g1 [B, H, 2, d, Ed]``, ``g2 [B, H, 2, Ed, d]`` (slot 0 holds the final state's gradient
+    on entry; the initial state's gradient is in slot ``NSEG % 2`` at the end); two
+    ``[BC, Ed]`` scratch tiles per program carry per-block partial gradients from the first
+    backward pass over the hidden blocks to the second.
+    """
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    NB = tl.cdiv(HD, BH)
+    NBH = NB * BH
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    cm = rd < D
+    size = D * HD
+    sbase = bh * 2 * BC * NBH
+    for r in range(0, NSEG):
+        s = NSEG - 1 - r
+        base = (bh * (NSEG + 1) + s) * size
+        gin = (bh * 2 + r % 2) * size
+        gout = (bh * 2 + (r + 1) % 2) * size
+        s0 = tl.load(bounds_ptr + s)
+        s1 = tl.load(bounds_ptr + s + 1)
+        t = s0 + rc
+        mt = t < s1
+        tok = (b * T + t) * H + h
+        ymask = mt[:, None] & cm[None, :]
+        qt = _tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        kt = _tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        vt = _tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        gy = _tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+        alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
+        if BIAS >= 4:
+            if DELTA_CW:
+                delta = tl.load(delta_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=1.0)
+            else:
+                delta = tl.load(delta_ptr + tok, mask=mt, other=1.0)
+        else:
+            delta = tl.zeros([BC], dtype=tl.float32)
+        if DECAYED:
+            s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
+        else:
+            s_anchor = 1.0
+        el = tl.exp(lb)
+        last = rc == s1 - s0 - 1
+        lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
+        elc = tl.exp(lbl)
+        wl = tl.exp(lbl - lb)
+        w = eta * wl
+        causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+        dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+        mask = dec * eta[None, :]
+        pqk = tl.dot(qt, tl.trans(kt), input_precision=PREC)
+        # ---- F1: the forward at the anchor
+        zp = tl.zeros([BC, BD], dtype=tl.float32)
+        for jb in range(0, NB):
+            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            act = gelu(tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC))
+            zp += tl.dot(act, tl.trans(s_anchor * z1b), input_precision=PREC)
+        u, rstd = _layer_norm(zp, cm, D, LN_EPS)
+        e = tl.where(ymask, kt + u - vt, 0.0)
+        dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
+        mdu = tl.sum(dy * u, axis=1) / D
+        dz = rstd[:, None] * (dy - (tl.sum(dy, axis=1) / D)[:, None] - u * mdu[:, None])
+        dz = tl.where(ymask, dz, 0.0)
+        # ---- F2: the dual-form reads
+        zq0 = tl.zeros([BC, BD], dtype=tl.float32)
+        sa = tl.zeros([BC, BC], dtype=tl.float32)
+        for jb in range(0, NB):
+            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            hb = tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC)
+            act = gelu(hb)
+            dh = tl.dot(dz, s_anchor * z1b, input_precision=PREC) * gelu_grad(hb)
+            hq = el[:, None] * tl.dot(qt, tl.trans(z2b), input_precision=PREC)
+            aq = gelu(hq - tl.dot(pqk * mask, dh, input_precision=PREC))
+            zq0 += tl.dot(aq, tl.trans(z1b), input_precision=PREC)
+            sa += tl.dot(aq, tl.trans(act), input_precision=PREC)
+        zq = el[:, None] * zq0 - tl.dot(sa * mask, dz, input_precision=PREC)
+        zq = tl.where(ymask, zq, 0.0)
+        uq, rstdq = _layer_norm(zq, cm, D, LN_EPS)
+        # ---- back through y = q + LN(Zq) and Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ
+        gzq = rstdq[:, None] * (gy - (tl.sum(gy, axis=1) / D)[:, None]
+                                - uq * (tl.sum(gy * uq, axis=1) / D)[:, None])
+        gzq = tl.where(ymask, gzq, 0.0)
+        gq = gy
+        gr = -tl.dot(gzq, tl.trans(dz), input_precision=PREC)  # ∂L/∂(M ⊙ S)
+        gs = gr * mask
+        gm = gr * sa
+        gdz = -tl.dot(tl.trans(sa * mask), gzq, input_precision=PREC)
+        glb = el * tl.sum(gzq * zq0, axis=1)
+        gk = tl.zeros([BC, BD], dtype=tl.float32)
+        gp = tl.zeros([BC, BC], dtype=tl.float32)
+        gw = tl.zeros([BC], dtype=tl.float32)
+        gend = 0.0
+        ganch = 0.0
+        # ---- B1: per hidden block, everything that does not need gz (the gradient of z)
+        for jb in range(0, NB):
+            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
+            g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
+            hb = tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC)
+            act = gelu(hb)
+            dza = tl.dot(dz, s_anchor * z1b, input_precision=PREC)
+            dh = dza * gelu_grad(hb)
+            qz2 = tl.dot(qt, tl.trans(z2b), input_precision=PREC)
+            hq = el[:, None] * qz2 - tl.dot(pqk * mask, dh, input_precision=PREC)
+            aq = gelu(hq)
+            # Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ: the gradient of Aq, then Hq
+            gaq = el[:, None] * tl.dot(gzq, z1b, input_precision=PREC)
+            gaq += tl.dot(gs, act, input_precision=PREC)
+            ghq = gaq * gelu_grad(hq)
+            # Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P) dH
+            gq += el[:, None] * tl.dot(ghq, z2b, input_precision=PREC)
+            glb += el * tl.sum(ghq * qz2, axis=1)
+            gr2 = -tl.dot(ghq, tl.trans(dh), input_precision=PREC)
+            gp += gr2 * mask
+            gm += gr2 * pqk
+            gdh = -tl.dot(tl.trans(pqk * mask), ghq, input_precision=PREC)
+            # Z2_end = E_C Z2 - (w ⊙ dH)ᵀ K ; Z1_end = E_C Z1 - (w ⊙ dZ)ᵀ Â
+            kg2 = tl.dot(kt, tl.trans(g2e), input_precision=PREC)
+            gdh -= w[:, None] * kg2
+            gk -= w[:, None] * tl.dot(dh, g2e, input_precision=PREC)
+            gw -= tl.sum(dh * kg2, axis=1)
+            ag1 = tl.dot(act, tl.trans(g1e), input_precision=PREC)
+            gdz -= w[:, None] * ag1
+            gw -= tl.sum(dz * ag1, axis=1)
+            gact = tl.dot(tl.trans(gs), aq, input_precision=PREC)
+            gact -= w[:, None] * tl.dot(dz, g1e, input_precision=PREC)
+            # dH = (dZ A1) ⊙ σ'(H)
+            x = gdh * gelu_grad(hb)
+            gdz += tl.dot(x, tl.trans(s_anchor * z1b), input_precision=PREC)
+            gh_part = gdh * dza * gelu_grad2(hb)
+            ga1 = tl.dot(tl.trans(dz), x, input_precision=PREC)  # [BD, BH]
+            gz1 = elc * g1e + tl.dot(tl.trans(gzq * el[:, None]), aq, input_precision=PREC)
+            gz1 += s_anchor * ga1
+            gz2 = elc * g2e + tl.dot(tl.trans(ghq * el[:, None]), qt, input_precision=PREC)
+            gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
+            gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
+            if DECAYED:
+                ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
+            _store_w1(g1_ptr, gout, jb * BH, gz1, D, HD, BD, BH)
+            _store_w2(g2_ptr, gout, jb * BH, gz2, D, HD, BD, BH)
+            tl.store(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH), gact)
+            tl.store(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH), gh_part)
+        tl.debug_barrier()
+        # ---- dZ = rstd (dY - mean dY - u mean(dY ⊙ u)) and u = LN(z): second-order terms
+        gdy = rstd[:, None] * (gdz - (tl.sum(gdz, axis=1) / D)[:, None]
+                               - u * (tl.sum(gdz * u, axis=1) / D)[:, None])
+        gdy = tl.where(ymask, gdy, 0.0)
+        grstd = tl.sum(gdz * dz, axis=1) / rstd
+        gu = -rstd[:, None] * (gdz * mdu[:, None] + (tl.sum(gdz * u, axis=1) / D)[:, None] * dy)
+        ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
+        ge = tl.where(ymask, ge, 0.0)
+        gk += ge  # e = k + u - v
+        gu += ge
+        gz = rstd[:, None] * (gu - (tl.sum(gu, axis=1) / D)[:, None]
+                              - u * (tl.sum(gu * u, axis=1) / D)[:, None])
+        gz -= (grstd * rstd * rstd / D)[:, None] * u
+        gz = tl.where(ymask, gz, 0.0)
+        # ---- B2: z = Â A1ᵀ, Â = σ(H), H = K A2ᵀ
+        for jb in range(0, NB):
+            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            hb = tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC)
+            act = gelu(hb)
+            gact = tl.load(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH))
+            gact += tl.dot(gz, s_anchor * z1b, input_precision=PREC)
+            gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
+            gk += tl.dot(gh, s_anchor * z2b, input_precision=PREC)
+            ga2 = tl.dot(tl.trans(gh), kt, input_precision=PREC)  # [BH, BD]
+            ga1 = tl.dot(tl.trans(gz), act, input_precision=PREC)  # [BD, BH]
+            g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
+            g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
+            _store_w1(g1_ptr, gout, jb * BH, g1o + s_anchor * ga1, D, HD, BD, BH)
+            _store_w2(g2_ptr, gout, jb * BH, g2o + s_anchor * ga2, D, HD, BD, BH)
+            if DECAYED:
+                ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
+                ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
+        # ---- P = Q Kᵀ and the gates
+        gq += tl.dot(gp, kt, input_precision=PREC)
+        gk += tl.dot(tl.trans(gp), qt, input_precision=PREC)
+        geta = tl.sum(gm * dec, axis=0) + gw * wl
+        gmm = gm * mask
+        glb += tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0) - gw * w
+        glb = tl.where(last, glb + elc * gend + tl.sum(gw * w, axis=0), glb)
+        gla = tl.sum(glb, axis=0) - tl.cumsum(glb, axis=0) + glb
+        galpha = gla / alpha
+        if DECAYED:
+            galpha = tl.where(rc == 0, galpha + ganch, galpha)
+        tl.store(gq_ptr + tok[:, None] * D + rd[None, :], gq.to(gq_ptr.dtype.element_ty),
+                 mask=ymask)
+        tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
+                 mask=ymask)
+        tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
+                 mask=ymask)
+        tl.store(geta_ptr + tok, geta, mask=mt)
+        tl.store(galpha_ptr + tok, galpha, mask=mt)
+        if BIAS >= 4:
+            if DELTA_CW:
+                tl.store(gdelta_ptr + tok[:, None] * D + rd[None, :], gdelta, mask=ymask)
+            else:
+                tl.store(gdelta_ptr + tok, gdelta, mask=mt)
+        # the next (earlier) segment reads this segment's start-state gradient
+        tl.debug_barrier()

@@ -1,0 +1,437 @@
+"""Check and time the Triton kernels of miras_gpu on a CUDA GPU; write a Markdown report.
+
+    PYTHONPATH=. python scripts/gpu_kernels_check.py --report kernels_report.md
+
+Sections (the report is rewritten after each one, so a run cut short still leaves one):
+
+1. **Correctness** on the GPU, float32 and bfloat16: the triton backend against the torch
+   backend in float64 (outputs, final states and every input gradient, by autograd) and
+   miras_ref (outputs and final states): the benchmark's models in bf16 at D=64, chunk 64,
+   T=150 (a partial last chunk), every configuration of tests/test_triton.py in float32 at
+   the test size (D=16, chunk 16, T=37), then, while time allows, all of them at D=64 and a
+   few at D=128. Every buffer of the
+   backend is allocated filled with NaN, so a pass proves each element was written.
+   float32: relative error ``‖mine - gold‖ / ‖gold‖ <= 1e-5`` (MLP memories: at most 3x the
+   torch backend's own float32 error on the same inputs, at least 1e-5). bfloat16: relative
+   RMS error ``rms(mine - gold) / rms(gold) <= 2e-2`` against float64 on the same
+   bf16-rounded inputs.
+2. **Stress**: T=65536 with value outliers (1% of tokens x30) and the ℓp bias at p=4
+   (Moneta's MLP with ℓq, and a matrix memory with ℓq), bf16, forward+backward: no NaN/inf.
+3. **Benchmark**: benchmarks/bench_kernels.py at B=4, T=4096, H=16, D=64, expansion 4,
+   chunk 64, bf16, with its T-scaling sweep at B=1.
+
+``--budget`` (seconds, default 540) bounds the whole run: optional parts are skipped, and
+said so in the report, once it is spent (Triton compiles each kernel variant on first use,
+which takes most of the first minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+import zlib
+
+if "--dry-run" in sys.argv:  # CPU smoke test of this script: Triton's interpreter
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import miras_ref  # noqa: E402
+from miras_gpu import torch as torch_ops  # noqa: E402
+from miras_gpu import triton as triton_ops  # noqa: E402
+from miras_gpu.triton import chunked as tchunked  # noqa: E402
+from miras_ref import zoo  # noqa: E402
+from miras_ref.algorithms import GD  # noqa: E402
+from miras_ref.bias import HuberMixtureBias, L2Bias, LpBias  # noqa: E402
+from miras_ref.config import MirasConfig  # noqa: E402
+from miras_ref.memory import MatrixMemory  # noqa: E402
+from miras_ref.retention import KLRetention, L2Retention, LqRetention  # noqa: E402
+
+FP32_TOL = 1e-5
+BF16_TOL = 2e-2
+
+
+def _matrix(d, bias, retention, lag=False):
+    return MirasConfig("test", MatrixMemory(d, d), bias, retention, GD(),
+                       {"eta": 0.1, "alpha": 0.9}, lag_token=lag)
+
+
+def cases(d: int) -> dict:
+    """name: (config, channel-wise delta) — the configurations of tests/test_triton.py."""
+    return {
+        "deltanet": (zoo.deltanet(d), False),
+        "gated_deltanet": (zoo.gated_deltanet(d), False),
+        "mamba2_dot": (zoo.mamba2(d), False),
+        "lp_smooth_decayed": (_matrix(d, LpBias(3.0), L2Retention("decayed")), False),
+        "lp_exact": (_matrix(d, LpBias(3.0, smooth=False), L2Retention()), False),
+        "huber_smooth_cw": (_matrix(d, HuberMixtureBias(), L2Retention()), True),
+        "huber_exact_token": (_matrix(d, HuberMixtureBias(smooth=False),
+                                      L2Retention("decayed")), False),
+        "lq_simplified": (_matrix(d, LpBias(3.0), LqRetention(4.0)), False),
+        "lq_exact": (_matrix(d, L2Bias(), LqRetention(1.5, "exact")), False),
+        "kl_row": (_matrix(d, L2Bias(), KLRetention(c=1.0)), False),
+        "kl_all_lag": (_matrix(d, L2Bias(), KLRetention(c=2.0, axis=None), lag=True), False),
+        "yaad": (zoo.yaad(d), False),
+        "moneta": (zoo.moneta(d), False),
+        "memora": (zoo.memora(d), False),
+    }
+
+
+def make_inputs(cfg, b, t, h, cw_delta, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    d_k, d_v = cfg.memory.d_k, cfg.memory.d_v
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    q = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
+    k = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
+    v = randn(b, t, h, d_v)
+    gates = {}
+    for name in cfg.required_gates:
+        u = rand(b, t, h)
+        gates[name] = {"eta": 0.1 + 0.5 * u, "alpha": 0.85 + 0.15 * u, "delta": 0.3 + u}[name]
+    if cw_delta:
+        gates["delta"] = 0.3 + rand(b, t, h, d_v)
+    default = cfg.memory.default_state(b, h)
+    scale = 0.3 if isinstance(cfg.memory, MatrixMemory) else 0.05
+    init = {n: torch.as_tensor(a) + scale * randn(*a.shape) for n, a in default.items()}
+    dev = lambda x: x.to(device)  # noqa: E731
+    return dev(q), dev(k), dev(v), {n: dev(a) for n, a in gates.items()}, {
+        n: dev(a) for n, a in init.items()}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rel(mine, gold) -> float:
+    """``‖mine - gold‖ / ‖gold‖`` (= rms(mine - gold) / rms(gold)); inf if mine is not
+    finite."""
+    mine, gold = mine.detach().double(), gold.detach().double()
+    if not torch.isfinite(mine).all():
+        return float("inf")
+    den = gold.norm().item()
+    return (mine - gold).norm().item() / (den if den > 0 else 1.0)
+
+
+def _grads(op, cfg, q, k, v, gates, init, dtype, chunk, cot_seed, **kw):
+    """Run ``op`` on leaves of ``dtype``; return ``(y, final, grads by name)``."""
+    names = ["q", "k", "v", *gates, *[f"init[{n}]" for n in init]]
+    qkv = [x.detach().to(dtype).requires_grad_(True) for x in (q, k, v)]
+    gl = {n: a.detach().to(torch.float64 if dtype == torch.float64 else torch.float32)
+          .requires_grad_(True) for n, a in gates.items()}
+    il = {n: a.detach().to(torch.float64 if dtype == torch.float64 else torch.float32)
+          .requires_grad_(True) for n, a in init.items()}
+    y, final = op(cfg, *qkv, gl, chunk_size=chunk, initial_state=il, output_final_state=True,
+                  **kw)
+    g = torch.Generator(device="cpu").manual_seed(cot_seed)
+    cots = [torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device, y.dtype)]
+    cots += [torch.randn(a.shape, generator=g, dtype=torch.float64).to(a.device, a.dtype)
+             for a in final.values()]
+    leaves = [*qkv, *gl.values(), *il.values()]
+    grads = torch.autograd.grad([y, *final.values()], leaves, cots)
+    return y, final, dict(zip(names, grads))
+
+
+def check_case(name, cfg, cw, dtype, size, device):
+    """One configuration at one dtype: the errors and whether they pass."""
+    b, t, h, chunk = size
+    q, k, v, gates, init = make_inputs(cfg, b, t, h, cw, seed=zlib.crc32(name.encode()) % 1000,
+                                      device=device)
+    if dtype == torch.bfloat16:  # gold sees the same bf16-rounded inputs
+        q, k, v = (x.to(torch.bfloat16).double() for x in (q, k, v))
+    t0 = time.perf_counter()
+    my, mf, mg = _grads(triton_ops.scan_chunked, cfg, q, k, v, gates, init, dtype, chunk, 5)
+    _sync(device)
+    secs = time.perf_counter() - t0
+    gy, gf, gg = _grads(torch_ops.scan_chunked, cfg, q, k, v, gates, init, torch.float64,
+                        chunk, 5)
+    errs = {"y": rel(my, gy)}
+    errs.update({f"state {n}": rel(mf[n], gf[n]) for n in gf})
+    grad_errs = {f"d{n}": rel(mg[n], gg[n]) for n in gg}
+    ref_errs = {}
+    if dtype == torch.float32:
+        ry, rf = miras_ref.scan_chunked(
+            cfg, q.cpu().numpy(), k.cpu().numpy(), v.cpu().numpy(),
+            {n: a.cpu().numpy() for n, a in gates.items()}, chunk,
+            {n: a.cpu().numpy() for n, a in init.items()}, True)
+        ref_errs["y vs miras_ref"] = rel(my.cpu(), torch.as_tensor(ry))
+        ref_errs.update({f"state {n} vs miras_ref": rel(mf[n].cpu(), torch.as_tensor(rf[n]))
+                         for n in rf})
+    if dtype == torch.bfloat16:
+        tol_out = tol_grad = BF16_TOL
+    else:
+        tol_out = tol_grad = FP32_TOL
+        if not isinstance(cfg.memory, MatrixMemory):
+            # float32 is ill-conditioned for MLP memories (LayerNorm, softmax logits,
+            # tanh(10 e)): bound by 3x the torch backend's own float32 error, at least 1e-5
+            ty, tf, tg = _grads(torch_ops.scan_chunked, cfg, q, k, v, gates, init,
+                                torch.float32, chunk, 5)
+            worst = max([rel(ty, gy)] + [rel(tf[n], gf[n]) for n in gf]
+                        + [rel(tg[n], gg[n]) for n in gg])
+            tol_out = tol_grad = max(FP32_TOL, 3 * worst)
+    ok = (all(e <= tol_out for e in {**errs, **ref_errs}.values())
+          and all(e <= tol_grad for e in grad_errs.values()))
+    worst_out = max({**errs, **ref_errs}.values())
+    worst_grad = max(grad_errs.values())
+    worst_name = max(grad_errs, key=grad_errs.get)
+    plan = triton_ops.plan_for(cfg)
+    return dict(name=name, dtype=str(dtype).replace("torch.", ""), size=size, d=cfg.memory.d_k,
+                ok=ok, worst_out=worst_out, worst_grad=worst_grad, worst_grad_name=worst_name,
+                tol_out=tol_out, tol_grad=tol_grad, seconds=secs,
+                backward="triton" if plan.triton_backward else "torch recompute",
+                detail={**errs, **ref_errs, **grad_errs})
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+class Report:
+    def __init__(self, path):
+        self.path = path
+        self.sections: list[str] = []
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def add(self, text: str):
+        self.sections.append(text)
+        self.write()
+
+    def write(self):
+        if not self.path:
+            return
+        with open(self.path, "w") as f:
+            f.write("\n".join(self.sections) + "\n")
+
+
+def env_section(device) -> str:
+    import triton
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        dev = (f"{props.name} (sm_{props.major}{props.minor}, "
+               f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs)")
+    else:
+        dev = f"{device} (dry run: Triton interpreter)"
+    rows = {
+        "device": dev,
+        "torch": torch.__version__, "triton": triton.__version__,
+        "CUDA (torch)": torch.version.cuda, "python": platform.python_version(),
+        "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    lines = ["# Triton kernels: GPU check report", "",
+             "Written by `scripts/gpu_kernels_check.py` (see its docstring and "
+             "docs/kernels.md).", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def correctness_table(results, title) -> str:
+    lines = [f"## {title}", "",
+             "Errors are relative in norm against the torch backend in float64 (and miras_ref "
+             "for outputs/final states in float32); `out` is the worst of the output and final "
+             "states, `grad` the worst input gradient (named).", "",
+             "| case | dtype | D | (B, T, H, chunk) | backward | out err | grad err (worst) | "
+             "bounds (out / grad) | first call s | result |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r['dtype']} | {r.get('d', '')} | {r.get('size', '')}"
+                         f" | | | | | | ERROR: {r['error']} |")
+            continue
+        lines.append(
+            f"| {r['name']} | {r['dtype']} | {r['d']} | {r['size']} | {r['backward']} | "
+            f"{r['worst_out']:.2e} | {r['worst_grad']:.2e} ({r['worst_grad_name']}) | "
+            f"{r['tol_out']:.0e} / {r['tol_grad']:.1e} | {r['seconds']:.1f} | "
+            f"{'pass' if r['ok'] else 'FAIL'} |")
+    n_ok = sum(1 for r in results if r.get("ok"))
+    lines += ["", f"{n_ok} of {len(results)} passed.", ""]
+    return "\n".join(lines)
+
+
+def run_correctness(report, device, budget, dry_run=False):
+    """The plan below, each part while the budget lasts (skipped cases are reported)."""
+    bench = ("deltanet", "gated_deltanet", "yaad", "moneta", "memora")
+    rest = ("huber_smooth_cw", "lq_simplified", "kl_all_lag")
+    d64 = "D=64, chunk 64, T=150 (partial last chunk)"
+    d128 = "D=128, chunk 64, T=100"
+    # (title, D, (B, T, H, chunk), dtype, cases or None for all), in order of value per
+    # compile-second: the benchmark's variants first (the benchmark reuses them), then every
+    # case at the test size (16-wide tiles compile fast), then the larger sizes
+    plan = [
+        (d64, 64, (1, 150, 2, 64), torch.bfloat16, bench),
+        ("test size: D=16, chunk 16, T=37", 16, (1, 37, 2, 16), torch.float32, None),
+        (d64, 64, (1, 150, 2, 64), torch.float32, None),
+        (d64, 64, (1, 150, 2, 64), torch.bfloat16, rest),
+        (d128, 128, (1, 100, 2, 64), torch.float32, ("gated_deltanet", "yaad", "moneta")),
+        (d128, 128, (1, 100, 2, 64), torch.bfloat16, ("gated_deltanet", "yaad", "moneta")),
+    ]
+    if dry_run:
+        plan = [("dry run: D=16, chunk 16, T=20", 16, (1, 20, 1, 16), torch.float32,
+                 ("gated_deltanet", "huber_smooth_cw", "kl_all_lag", "yaad"))]
+    all_results, failed = [], 0
+    tchunked.POISON_BUFFERS = True
+    try:
+        for title, d, size, dtype, only in plan:
+            if True:
+                results = []
+                for name, (cfg, cw) in cases(d).items():
+                    if only is not None and name not in only:
+                        continue
+                    if report.elapsed() > budget:
+                        results.append(dict(name=name, dtype=str(dtype), d=d, size=size,
+                                            error="skipped (time budget)"))
+                        continue
+                    try:
+                        r = check_case(name, cfg, cw, dtype, size, device)
+                    except Exception as exc:
+                        traceback.print_exc()
+                        r = dict(name=name, dtype=str(dtype), d=d, size=size,
+                                 error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                    results.append(r)
+                    status = ("skipped" if "error" in r and "skipped" in r["error"] else
+                              "ERROR" if "error" in r else ("pass" if r["ok"] else "FAIL"))
+                    print(f"[{report.elapsed():6.0f}s] {title} {dtype} {name}: {status}",
+                          flush=True)
+                failed += sum(1 for r in results if not r.get("ok") and
+                              "skipped" not in r.get("error", ""))
+                all_results += results
+                report.add(correctness_table(
+                    results, f"Correctness: {title}, {str(dtype).replace('torch.', '')}"))
+    finally:
+        tchunked.POISON_BUFFERS = False
+    return failed
+
+
+def run_stress(report, device, budget, dry_run=False) -> int:
+    """T=65536, outliers, p=4: no NaN/inf in outputs, final states and gradients."""
+    lines = ["## Stress: T=65536, value outliers, p=4", "",
+             "B=1, H=4, D=64, chunk 64, bf16 inputs; 1% of the tokens have values x30; "
+             "η in [0.005, 0.015], α in [0.95, 1]. Pass: every output, final state and input "
+             "gradient finite. `torch fp32 fwd` shows whether the torch backend's float32 "
+             "forward stays finite on the same inputs (for comparison).", "",
+             "| case | fwd+bwd s | y finite | state max abs | grads finite | torch fp32 fwd "
+             "finite | result |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    failed = 0
+    d = 16 if dry_run else 64
+    configs = {"moneta(p=4, q=4), MLP": zoo.moneta(d, p=4.0),
+               "matrix ℓp(p=4) + ℓq(q=4)": _matrix(d, LpBias(4.0), LqRetention(4.0))}
+    dtype = torch.float32 if dry_run else torch.bfloat16
+    for name, cfg in configs.items():
+        if report.elapsed() > budget:
+            lines.append(f"| {name} | - | - | - | - | - | skipped (time budget) |")
+            continue
+        try:
+            g = torch.Generator().manual_seed(0)
+            B, T, H, D = (1, 300, 1, 16) if dry_run else (1, 65536, 4, 64)
+            q = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+            k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+            v = torch.randn(B, T, H, D, generator=g)
+            v = torch.where((torch.rand(B, T, H, generator=g) < 0.01)[..., None], 30 * v, v)
+            gates = {"eta": 0.005 + 0.01 * torch.rand(B, T, H, generator=g),
+                     "alpha": 0.95 + 0.05 * torch.rand(B, T, H, generator=g)}
+            leaves = [x.to(device, dtype).requires_grad_(True) for x in (q, k, v)]
+            gl = {n: a.to(device).requires_grad_(True) for n, a in gates.items()}
+            t0 = time.perf_counter()
+            y, f = triton_ops.scan_chunked(cfg, *leaves, gl, chunk_size=64,
+                                           output_final_state=True)
+            y.float().square().mean().backward()
+            _sync(device)
+            secs = time.perf_counter() - t0
+            y_ok = bool(torch.isfinite(y).all())
+            smax = max(a.abs().max().item() for a in f.values())
+            g_ok = all(bool(torch.isfinite(x.grad).all()) for x in (*leaves, *gl.values()))
+            with torch.no_grad():
+                ty, _ = torch_ops.scan_chunked(cfg, *[x.detach().float() for x in leaves],
+                                               {n: a.detach() for n, a in gl.items()},
+                                               chunk_size=64)
+            t_ok = bool(torch.isfinite(ty).all())
+            ok = y_ok and g_ok and all(bool(torch.isfinite(a).all()) for a in f.values())
+            failed += not ok
+            lines.append(f"| {name} | {secs:.1f} | {y_ok} | {smax:.3g} | {g_ok} | {t_ok} | "
+                         f"{'pass' if ok else 'FAIL'} |")
+        except Exception as exc:
+            traceback.print_exc()
+            failed += 1
+            lines.append(f"| {name} | | | | | | ERROR: {type(exc).__name__}: "
+                         f"{str(exc)[:200]} |")
+        print(f"[{report.elapsed():6.0f}s] stress {name}: {lines[-1]}", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    report.add("\n".join(lines) + "\n")
+    return failed
+
+
+def run_bench(report, budget, extra_args) -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "benchmarks"))
+    import bench_kernels
+
+    left = budget - report.elapsed()
+    if left < 30:
+        report.add("## Benchmark\n\nskipped (time budget)\n")
+        return
+    args = bench_kernels.finish_args(bench_kernels.parser().parse_args(
+        ["--time-budget", f"{left:.0f}", *extra_args]))
+    # keep each sweep point inside a fraction of what is left
+    args.sweep_budget = min(args.sweep_budget, max(5.0, left / 20))
+    try:
+        result = bench_kernels.run(args)
+        report.add(bench_kernels.markdown(result, title="Benchmark"))
+    except Exception as exc:
+        traceback.print_exc()
+        report.add(f"## Benchmark\n\nERROR: {type(exc).__name__}: {exc}\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--report", required=True, help="Markdown report path")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for the whole run")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: "
+                                               "correctness,stress,bench")
+    p.add_argument("--bench-args", default="", help="extra arguments for bench_kernels.py")
+    p.add_argument("--dry-run", action="store_true",
+                   help="tiny sizes on the CPU under TRITON_INTERPRET=1 (tests this script)")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        device = torch.device("cpu")
+        args.bench_args = "--small --device cpu " + args.bench_args
+    elif not torch.cuda.is_available():
+        print("a CUDA device is needed (or --dry-run)", file=sys.stderr)
+        return 2
+    else:
+        device = torch.device("cuda")
+    skip = set(args.skip.split(","))
+    report = Report(args.report)
+    report.add(env_section(device))
+    failed = 0
+    # correctness gets up to 45% of the budget, the stress run up to 60%, the benchmark the rest
+    if "correctness" not in skip:
+        failed += run_correctness(report, device, 0.45 * args.budget, args.dry_run)
+    if "stress" not in skip:
+        failed += run_stress(report, device, 0.6 * args.budget, args.dry_run)
+    if "bench" not in skip:
+        run_bench(report, args.budget, args.bench_args.split())
+    verdict = "All checks passed" if failed == 0 else f"{failed} check(s) failed"
+    summary = f"## Summary\n\n{verdict}; total {report.elapsed():.0f} s.\n"
+    report.add(summary)
+    print(summary)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The triton backend (miras_gpu.triton) against the torch backend in float64 and miras_ref.
+
+Runs on the CPU through Triton's interpreter: ``TRITON_INTERPRET=1`` is set below before
+anything imports triton or defines a kernel (the interpreter computes float32 right and
+bfloat16 wrong, so bfloat16 is checked on a GPU by scripts/gpu_kernels_check.py). Every
+output and scratch buffer of the backend is allocated filled with NaN here
+(``POISON_BUFFERS``), so a result that passes proves each element was written.
+
+``mine`` is the triton backend in float32; ``gold`` is miras_gpu.torch in float64 (outputs,
+final states and, by autograd, every input gradient) and miras_ref (outputs and final
+states). Errors are relative in the Frobenius norm, ``‖mine - gold‖ / ‖gold‖``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# before triton is imported: the kernels are defined for Triton's CPU interpreter
+_PREVIOUS = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+try:
+    pytest.importorskip("triton")
+    torch = pytest.importorskip("torch")
+
+    import miras_ref  # noqa: E402
+    from miras_gpu import torch as torch_ops  # noqa: E402
+    from miras_gpu import triton as triton_ops  # noqa: E402
+    from miras_gpu.triton import chunked as tchunked  # noqa: E402
+    from miras_gpu.triton import matrix as _matrix_kernels  # noqa: E402, F401
+    from miras_gpu.triton import mlp as _mlp_kernels  # noqa: E402, F401
+finally:
+    # the rest of the session (the registry, the conformance suite) must not see the flag;
+    # the fixture below sets it again while this module's tests run
+    if _PREVIOUS is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _PREVIOUS
+from miras_ref import zoo  # noqa: E402
+from miras_ref.algorithms import GD  # noqa: E402
+from miras_ref.bias import HuberMixtureBias, L2Bias, LpBias  # noqa: E402
+from miras_ref.config import MirasConfig  # noqa: E402
+from miras_ref.memory import MatrixMemory, MLPMemory  # noqa: E402
+from miras_ref.retention import KLRetention, L2Retention, LqRetention  # noqa: E402
+
+T, CHUNK, D = 37, 16, 16
+#: float32 against float64, relative in norm
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    """Triton's interpreter reads TRITON_INTERPRET at launch too: set it for this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_single_thread(monkeypatch):
+    monkeypatch.setattr(tchunked, "POISON_BUFFERS", True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _matrix(bias, retention, lag=False, d=D):
+    return MirasConfig("test", MatrixMemory(d, d), bias, retention, GD(),
+                       {"eta": 0.1, "alpha": 0.9}, lag_token=lag)
+
+
+#: name: (config, channel-wise delta, which backward runs)
+CASES = {
+    "deltanet": (zoo.deltanet(D), False, "triton"),
+    "gated_deltanet": (zoo.gated_deltanet(D), False, "triton"),
+    "mamba2_dot": (zoo.mamba2(D), False, "triton"),
+    "lp_smooth_decayed": (_matrix(LpBias(3.0), L2Retention("decayed")), False, "triton"),
+    "lp_exact": (_matrix(LpBias(3.0, smooth=False), L2Retention()), False, "triton"),
+    "huber_smooth_cw": (_matrix(HuberMixtureBias(), L2Retention()), True, "triton"),
+    "huber_exact_token": (_matrix(HuberMixtureBias(smooth=False), L2Retention("decayed")),
+                          False, "triton"),
+    "lq_simplified": (_matrix(LpBias(3.0), LqRetention(4.0)), False, "torch"),
+    "lq_exact": (_matrix(L2Bias(), LqRetention(1.5, "exact")), False, "torch"),
+    "kl_row": (_matrix(L2Bias(), KLRetention(c=1.0)), False, "torch"),
+    "kl_all_lag": (_matrix(L2Bias(), KLRetention(c=2.0, axis=None), lag=True), False, "torch"),
+    "yaad": (zoo.yaad(D), False, "triton"),
+    "mlp_lp_decayed": (MirasConfig("test", MLPMemory(D), LpBias(3.0), L2Retention("decayed"),
+                                   GD(), {"eta": 0.1, "alpha": 0.9}), False, "triton"),
+    "moneta": (zoo.moneta(D), False, "torch"),
+    "memora": (zoo.memora(D), False, "torch"),
+}
+
+
+def make_inputs(cfg, t=T, cw_delta=False, seed=0, b=1, h=2):
+    """float64 inputs: ℓ2-normalised q, k (as the MIRAS layer), gates inside their ranges,
+    and a random initial state near the default one."""
+    g = torch.Generator().manual_seed(seed)
+    d_k, d_v = cfg.memory.d_k, cfg.memory.d_v
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    q = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
+    k = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
+    v = randn(b, t, h, d_v)
+    gates = {}
+    for name in cfg.required_gates:
+        u = rand(b, t, h)
+        gates[name] = {"eta": 0.1 + 0.5 * u, "alpha": 0.85 + 0.15 * u, "delta": 0.3 + u}[name]
+    if cw_delta:
+        gates["delta"] = 0.3 + rand(b, t, h, d_v)
+    default = cfg.memory.default_state(b, h)
+    scale = 0.3 if isinstance(cfg.memory, MatrixMemory) else 0.05
+    init = {n: torch.as_tensor(a) + scale * randn(*a.shape) for n, a in default.items()}
+    return q, k, v, gates, init
+
+
+def err(mine, gold) -> float:
+    mine, gold = mine.detach().double(), gold.detach().double()
+    assert torch.isfinite(mine).all(), "non-finite values"
+    den = gold.norm().item()
+    num = (mine - gold).norm().item()
+    return num / den if den > 0 else num
+
+
+def _leaves(tensors, dtype):
+    return [x.detach().to(dtype).requires_grad_(True) for x in tensors]
+
+
+def run_both(cfg, q, k, v, gates, init, chunk=CHUNK, backward="auto", **kw):
+    """Forward + autograd of mine (triton, fp32) and gold (torch, fp64) with one random
+    cotangent; returns ``(y, final, grads)`` of each, grads keyed by input name."""
+    names = ["q", "k", "v", *gates, *[f"init[{n}]" for n in init]]
+    gold_in = _leaves([q, k, v, *gates.values(), *init.values()], torch.float64)
+    mine_in = _leaves([q, k, v, *gates.values(), *init.values()], torch.float32)
+    out = []
+    for leaves, op, extra in ((gold_in, torch_ops.scan_chunked, {}),
+                              (mine_in, triton_ops.scan_chunked, {"backward": backward, **kw})):
+        gq, gk, gv = leaves[:3]
+        gg = dict(zip(gates, leaves[3:3 + len(gates)]))
+        gi = dict(zip(init, leaves[3 + len(gates):]))
+        y, final = op(cfg, gq, gk, gv, gg, chunk_size=chunk, initial_state=gi,
+                      output_final_state=True, **extra)
+        out.append((y, final, leaves))
+    (gy, gf, gl), (my, mf, ml) = out
+    gen = torch.Generator().manual_seed(99)
+    cot_y = torch.randn(gy.shape, generator=gen, dtype=torch.float64)
+    cot_f = {n: torch.randn(a.shape, generator=gen, dtype=torch.float64) for n, a in gf.items()}
+    gold_g = torch.autograd.grad([gy, *gf.values()], gl, [cot_y, *cot_f.values()])
+    mine_g = torch.autograd.grad([my, *mf.values()], ml,
+                                 [cot_y.float(), *[cot_f[n].float() for n in mf]])
+    return ((my, mf, dict(zip(names, mine_g))), (gy, gf, dict(zip(names, gold_g))))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_state_and_gradients(name):
+    cfg, cw, which = CASES[name]
+    plan = triton_ops.plan_for(cfg)
+    assert not isinstance(plan, str), plan
+    assert plan.triton_backward == (which == "triton")
+    heads = 2 if isinstance(cfg.memory, MatrixMemory) else 1  # the interpreter is slow
+    q, k, v, gates, init = make_inputs(cfg, cw_delta=cw, h=heads)
+    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init, block_hidden=32)
+    assert my.dtype == torch.float32 and all(a.dtype == torch.float32 for a in mf.values())
+    tol = TOL if isinstance(cfg.memory, MatrixMemory) else _torch32_tol(cfg, q, k, v, gates,
+                                                                        init)
+    assert err(my, gy) <= tol
+    for n in gf:
+        assert err(mf[n], gf[n]) <= tol, n
+    # miras_ref, float64 NumPy
+    ry, rf = miras_ref.scan_chunked(cfg, q.numpy(), k.numpy(), v.numpy(),
+                                    {n: a.numpy() for n, a in gates.items()}, CHUNK,
+                                    {n: a.numpy() for n, a in init.items()}, True)
+    assert err(my, torch.as_tensor(ry)) <= tol
+    for n in rf:
+        assert err(mf[n], torch.as_tensor(rf[n])) <= tol, n
+    # every input gradient against torch float64 autograd
+    bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
+    assert not bad, f"gradients above {tol:.1e}: {bad}"
+
+
+def _torch32_tol(cfg, q, k, v, gates, init) -> float:
+    """The bound for MLP memories. Their float32 arithmetic is ill-conditioned on these inputs
+    (LayerNorm, softmax logits, tanh(10 e)): the torch backend's own float32 outputs, states
+    and gradients are 1e-5 .. 6e-5 off float64 here. The kernels must not be worse than that
+    path: ``max(TOL, 3 x its worst error)``."""
+    ref = _leaves([q, k, v, *gates.values(), *init.values()], torch.float64)
+    f32 = _leaves([q, k, v, *gates.values(), *init.values()], torch.float32)
+    outs, grads = [], []
+    for leaves in (ref, f32):
+        gg = dict(zip(gates, leaves[3:3 + len(gates)]))
+        gi = dict(zip(init, leaves[3 + len(gates):]))
+        y, f = torch_ops.scan_chunked(cfg, *leaves[:3], gg, chunk_size=CHUNK, initial_state=gi,
+                                      output_final_state=True)
+        gen = torch.Generator().manual_seed(1)
+        cot = [torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)]
+        cot += [torch.randn(a.shape, generator=gen, dtype=torch.float64).to(a.dtype)
+                for a in f.values()]
+        outs.append([y, *f.values()])
+        grads.append(torch.autograd.grad([y, *f.values()], leaves, cot))
+    worst = max(err(a, b) for a, b in zip(outs[1] + list(grads[1]), outs[0] + list(grads[0])))
+    return max(TOL, 3 * worst)
+
+
+def test_backward_kernel_matches_torch_recomputation():
+    cfg = CASES["huber_smooth_cw"][0]
+    q, k, v, gates, init = make_inputs(cfg, cw_delta=True, seed=3)
+    (_, _, g_kernel), _ = run_both(cfg, q, k, v, gates, init)
+    (_, _, g_torch), _ = run_both(cfg, q, k, v, gates, init, backward="torch")
+    for n in g_kernel:
+        assert err(g_kernel[n], g_torch[n]) <= TOL, n
+
+
+def test_odd_sizes_partial_chunk_and_defaults():
+    """d = 24 (not a power of two), chunk 12 (not a power of two, last chunk partial), two
+    batch rows, the default initial state and no final-state gradient."""
+    cfg = zoo.gated_deltanet(24)
+    q, k, v, gates, _ = make_inputs(cfg, t=29, b=2, h=1, seed=5)
+    leaves = _leaves([q, k, v], torch.float32)
+    y, final = triton_ops.scan_chunked(cfg, *leaves, {n: a.float() for n, a in gates.items()},
+                                       chunk_size=12)
+    assert final is None
+    gold, _ = torch_ops.scan_chunked(cfg, q, k, v, gates, chunk_size=12)
+    assert err(y, gold) <= TOL
+    y.square().sum().backward()
+    qq = q.clone().requires_grad_(True)
+    g2, _ = torch_ops.scan_chunked(cfg, qq, k, v, gates, chunk_size=12)
+    g2.square().sum().backward()
+    assert err(leaves[0].grad, qq.grad) <= TOL
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "yaad"])
+def test_state_continues_a_sequence(name):
+    """Two calls split at a chunk boundary, the first's final state the second's initial
+    state, equal one call."""
+    cfg = CASES[name][0]
+    q, k, v, gates, init = make_inputs(cfg, seed=7, h=1)
+    f32 = {n: a.float() for n, a in gates.items()}
+    i32 = {n: a.float() for n, a in init.items()}
+    whole, wf = triton_ops.scan_chunked(cfg, q.float(), k.float(), v.float(), f32, CHUNK, i32,
+                                        True, block_hidden=32)
+    cut = 2 * CHUNK
+    part = [{n: a[:, :cut] for n, a in f32.items()}, {n: a[:, cut:] for n, a in f32.items()}]
+    y1, f1 = triton_ops.scan_chunked(cfg, q[:, :cut].float(), k[:, :cut].float(),
+                                     v[:, :cut].float(), part[0], CHUNK, i32, True,
+                                     block_hidden=32)
+    y2, f2 = triton_ops.scan_chunked(cfg, q[:, cut:].float(), k[:, cut:].float(),
+                                     v[:, cut:].float(), part[1], CHUNK, f1, True,
+                                     block_hidden=32)
+    assert err(torch.cat([y1, y2], 1), whole) <= TOL
+    for n in wf:
+        assert err(f2[n], wf[n]) <= TOL
+
+
+def test_mlp_inference_runs_in_windows(monkeypatch):
+    """Without gradients the MLP forward keeps only a window of segment states; with windows
+    of 2 segments (a short last window) it equals the one-window result."""
+    cfg = zoo.yaad(D)
+    q, k, v, gates, init = make_inputs(cfg, h=1, seed=17)
+    args = (cfg, q.float(), k.float(), v.float(), {n: a.float() for n, a in gates.items()},
+            CHUNK, {n: a.float() for n, a in init.items()}, True)
+    with torch.no_grad():
+        y1, f1 = triton_ops.scan_chunked(*args, block_hidden=32)
+        monkeypatch.setattr(tchunked, "MLP_WINDOW", 2)
+        y2, f2 = triton_ops.scan_chunked(*args, block_hidden=32)
+    assert err(y2, y1) <= 1e-6
+    for n in f1:
+        assert err(f2[n], f1[n]) <= 1e-6
+
+
+def test_cu_seqlens_matches_torch_backend():
+    cfg = zoo.gated_deltanet(D)
+    q, k, v, gates, _ = make_inputs(cfg, seed=9)
+    cu = [0, 5, 23, T]
+    init = {"W": 0.3 * torch.randn(3, 2, D, D, dtype=torch.float64)}
+    y, f = triton_ops.scan_chunked(cfg, q.float(), k.float(), v.float(),
+                                   {n: a.float() for n, a in gates.items()}, CHUNK,
+                                   {"W": init["W"].float()}, True, cu_seqlens=cu)
+    gy, gf = torch_ops.scan_chunked(cfg, q, k, v, gates, CHUNK, init, True, cu_seqlens=cu)
+    assert err(y, gy) <= TOL and err(f["W"], gf["W"]) <= TOL
+    assert f["W"].shape == (3, 2, D, D)
+
+
+@pytest.mark.parametrize("name", ["deltanet", "memora"])
+def test_scan_is_the_recurrence(name):
+    """``scan`` runs the kernels with chunk size 1, which equals the exact recurrence."""
+    cfg = CASES[name][0]
+    q, k, v, gates, init = make_inputs(cfg, t=6, h=1, seed=11)
+    y, f = triton_ops.scan(cfg, q.float(), k.float(), v.float(),
+                           {n: a.float() for n, a in gates.items()},
+                           {n: a.float() for n, a in init.items()}, True)
+    ry, rf = miras_ref.scan(cfg, q.numpy(), k.numpy(), v.numpy(),
+                            {n: a.numpy() for n, a in gates.items()},
+                            {n: a.numpy() for n, a in init.items()}, True)
+    assert err(y, torch.as_tensor(ry)) <= TOL
+    for n in rf:
+        assert err(f[n], torch.as_tensor(rf[n])) <= TOL
+
+
+def test_fallback_notes_once_and_matches_torch(monkeypatch):
+    monkeypatch.setattr(tchunked, "_noted", set())
+    cfg = zoo.gla(D)  # channel-wise alpha: no kernel
+    g = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(1, 9, 2, D, generator=g) for _ in range(3))
+    gates = {"eta": torch.ones(1, 9, 2), "alpha": 0.9 + 0.1 * torch.rand(1, 9, 2, D, generator=g)}
+    with pytest.warns(triton_ops.TritonFallbackWarning, match="channel-wise"):
+        y, _ = triton_ops.scan_chunked(cfg, q, k, v, gates, chunk_size=4)
+    gold, _ = torch_ops.scan_chunked(cfg, q, k, v, gates, chunk_size=4)
+    assert torch.equal(y, gold)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reason is noted only once
+        triton_ops.scan_chunked(cfg, q, k, v, gates, chunk_size=4)
+    with pytest.warns(triton_ops.TritonFallbackWarning, match="momentum"):
+        triton_ops.scan_chunked(zoo.titans_lmm(D), q, k, v, None, chunk_size=None)
+    with pytest.warns(triton_ops.TritonFallbackWarning, match="float64"):
+        triton_ops.scan_chunked(zoo.deltanet(D), q.double(), k.double(), v.double(),
+                                chunk_size=4)
+
+
+def test_plans():
+    assert triton_ops.plan_for(zoo.yaad(D)).kind == "mlp"
+    assert triton_ops.plan_for(zoo.gated_deltanet(D)).decayed
+    assert "momentum" in triton_ops.plan_for(zoo.titans_lmm(D))
+    assert "vector" in triton_ops.plan_for(zoo.retnet(D))
+    assert "above 128" in triton_ops.plan_for(zoo.deltanet(192))
+    assert "exact ℓq link" in triton_ops.plan_for(
+        MirasConfig("x", zoo.moneta(D).memory, LpBias(3.0), LqRetention(1.5, "exact"), GD()))
+    bf16 = torch.bfloat16
+    assert tchunked.dot_precision(triton_ops.plan_for(zoo.gated_deltanet(D)), bf16) == "tf32"
+    assert tchunked.dot_precision(triton_ops.plan_for(zoo.yaad(D)), bf16) == "ieee"
+    assert tchunked.dot_precision(triton_ops.plan_for(CASES["huber_smooth_cw"][0]), bf16) == "ieee"
+    assert tchunked.dot_precision(triton_ops.plan_for(zoo.deltanet(D)), torch.float32) == "ieee"
+    assert tchunked.segments(37, 16, False) == ([0, 16, 32, 37], 3)
+    assert tchunked.segments(33, 16, True) == ([0, 1, 16, 17, 32, 33], 3)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(gates={"alpha": torch.full((1, 5, 2), 1.5)}), r"gates\['alpha'\]"),
+    (dict(backward="cuda"), "backward"),
+])
+def test_bad_inputs_name_the_argument(bad, match):
+    q = torch.nn.functional.normalize(torch.randn(1, 5, 2, D), dim=-1)
+    kwargs = {"gates": None, "chunk_size": 4, **bad}
+    with pytest.raises((ValueError, TypeError), match=match):
+        triton_ops.scan_chunked(zoo.deltanet(D), q, q, q, **kwargs)
+
+
+def test_numpy_free_of_nan_poison():
+    """The NaN poison is on in this module: a kernel that skipped an element would have
+    failed above; check the switch really poisons."""
+    assert tchunked.POISON_BUFFERS
+    buf = tchunked._empty((3,), torch.float32, torch.device("cpu"))
+    assert np.isnan(buf.numpy()).all()
