@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 
-.PHONY: setup test tour docs bench
+.PHONY: setup test demo tour docs bench
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ test: setup
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q -n 2 tests
 	$(BIN)/python -m pytest -q -n 2 --nbmake --nbmake-timeout=120 tutorials
+
+demo: setup
+	$(BIN)/miras demo
 
 tour: setup
 	$(BIN)/python -m miras_ref.tour
