@@ -46,22 +46,8 @@ def validate_inputs(config, q, k, v, gates, initial_state):
     q = as_array(q, "q", 4)
     k = as_array(k, "k", 5 if multi else 4)
     v = as_array(v, "v", 5 if multi else 4)
-    B, T, H = q.shape[:3]
-    for name, x in (("k", k), ("v", v)):
-        if x.shape[:3] != (B, T, H):
-            raise ValueError(f"{name} must have the same [B, T, H] = {(B, T, H)} as q, "
-                             f"got {x.shape[:3]}")
-        if multi and x.shape[3] != config.algorithm.n_steps:
-            raise ValueError(f"{name} must have n_steps = {config.algorithm.n_steps} keys per "
-                             f"token on axis 3, got {x.shape[3]}")
+    B, T, H = check_qkv_shapes(config, q.shape, k.shape, v.shape)
     mem = config.memory
-    if q.shape[-1] != mem.d_k or k.shape[-1] != mem.d_k:
-        raise ValueError(f"q and k must have d_k = {mem.d_k} on the last axis, got "
-                         f"{q.shape[-1]} and {k.shape[-1]}")
-    if v.shape[-1] != mem.d_v:
-        raise ValueError(f"v must have d_v = {mem.d_v} on the last axis, got {v.shape[-1]}")
-    if T < 1:
-        raise ValueError("q must have at least one token (T >= 1)")
 
     if gates is not None and not isinstance(gates, Mapping):
         raise TypeError(f"gates must be a dict of arrays, got {type(gates).__name__}")
@@ -97,6 +83,32 @@ def validate_inputs(config, q, k, v, gates, initial_state):
         k = np.moveaxis(1.0 - out["alpha"], 1, 2)  # HGRN2: k_t = 1 - α_t
     q, k, v = (np.moveaxis(x, 2, 1) for x in (q, k, v))
     return q, k, v, out, B, T, H
+
+
+def check_qkv_shapes(config, q_shape, k_shape, v_shape) -> tuple[int, int, int]:
+    """Check that q, k, v agree with each other and with ``config``; return ``(B, T, H)``.
+
+    Shared by every backend: ``q, k [B, T, H, d_k]``, ``v [B, T, H, d_v]`` (``k, v`` with an
+    extra ``n_steps`` axis for :class:`MultiStepGD`).
+    """
+    multi = isinstance(config.algorithm, MultiStepGD)
+    B, T, H = tuple(q_shape[:3])
+    for name, shape in (("k", k_shape), ("v", v_shape)):
+        if tuple(shape[:3]) != (B, T, H):
+            raise ValueError(f"{name} must have the same [B, T, H] = {(B, T, H)} as q, "
+                             f"got {tuple(shape[:3])}")
+        if multi and shape[3] != config.algorithm.n_steps:
+            raise ValueError(f"{name} must have n_steps = {config.algorithm.n_steps} keys per "
+                             f"token on axis 3, got {shape[3]}")
+    mem = config.memory
+    if q_shape[-1] != mem.d_k or k_shape[-1] != mem.d_k:
+        raise ValueError(f"q and k must have d_k = {mem.d_k} on the last axis, got "
+                         f"{q_shape[-1]} and {k_shape[-1]}")
+    if v_shape[-1] != mem.d_v:
+        raise ValueError(f"v must have d_v = {mem.d_v} on the last axis, got {v_shape[-1]}")
+    if T < 1:
+        raise ValueError("q must have at least one token (T >= 1)")
+    return B, T, H
 
 
 def _gate_dim(memory) -> int:

@@ -27,6 +27,7 @@ import torch
 
 from miras_ref.algorithms import ClosedForm, Momentum, MultiStepGD, NonParametric
 from miras_ref.memory import MatrixMemory
+from miras_ref.recurrent import check_qkv_shapes
 
 #: gate: (low, high, low_open, high_open), as miras_ref.recurrent._RANGES
 GATE_RANGES = {
@@ -122,22 +123,8 @@ def validate_inputs(config, q, k, v, gates) -> Inputs:
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}: q, k and v must "
                             "share one dtype")
-    B, T, H = q.shape[:3]
-    for name, x in (("k", k), ("v", v)):
-        if tuple(x.shape[:3]) != (B, T, H):
-            raise ValueError(f"{name} must have the same [B, T, H] = {(B, T, H)} as q, "
-                             f"got {tuple(x.shape[:3])}")
-        if multi and x.shape[3] != config.algorithm.n_steps:
-            raise ValueError(f"{name} must have n_steps = {config.algorithm.n_steps} keys per "
-                             f"token on axis 3, got {x.shape[3]}")
+    B, T, H = check_qkv_shapes(config, q.shape, k.shape, v.shape)
     mem = config.memory
-    if q.shape[-1] != mem.d_k or k.shape[-1] != mem.d_k:
-        raise ValueError(f"q and k must have d_k = {mem.d_k} on the last axis, got "
-                         f"{q.shape[-1]} and {k.shape[-1]}")
-    if v.shape[-1] != mem.d_v:
-        raise ValueError(f"v must have d_v = {mem.d_v} on the last axis, got {v.shape[-1]}")
-    if T < 1:
-        raise ValueError("q must have at least one token (T >= 1)")
     dtype = compute_dtype(q.dtype)
 
     if gates is not None and not isinstance(gates, dict):
