@@ -5,8 +5,8 @@ the committed notebooks relies on:
 
 * every notebook listed in ``tutorials/README.md`` exists, and every notebook there is listed;
 * each has code cells and a Markdown cell that cites an equation of the paper ("Eq 5", ...);
-* its imports from ``miras_ref`` name only public modules and objects that exist, and no code
-  reaches a private (``_``) attribute of anything;
+* its imports from ``miras_ref`` (and ``miras_gpu``) name only public modules and objects
+  that exist, and no code reaches a private (``_``) attribute of anything;
 * it is saved executed: every code cell ran, none raised, and at least one output is a PNG;
 * it matches its generator, ``tutorials/build_notebooks.py`` (cell types and sources).
 """
@@ -28,6 +28,8 @@ GENERATOR = TUTORIALS / "build_notebooks.py"
 NOTEBOOK_NAME = re.compile(r"\b(\d{2}_[A-Za-z0-9_]+\.ipynb)\b")
 #: "Eq 4", "Eq. 28", "Eqs 28-32", "Equation 17", "(Eq 9)", "Proposition 3.2"
 EQUATION_REF = re.compile(r"\b(?:Eqs?\.?|Equations?)\s*\(?\d+|\bProposition\s+\d")
+#: packages of this project whose names a notebook may import (public ones only)
+PACKAGES = ("miras_ref", "miras_gpu")
 
 
 def listed_notebooks() -> list[str]:
@@ -96,23 +98,23 @@ def test_has_code_and_equation_markdown(notebook):
     assert any("$" in m for m in markdown), f"{name}: no LaTeX in the Markdown cells"
 
 
-def test_imports_only_public_miras_ref(notebook):
+def test_imports_only_public_names(notebook):
     name, nb = notebook
     problems: list[str] = []
     for i, cell in enumerate(code_cells(nb)):
         tree = parse(cell)
-        bound: set[str] = set()  # local names bound to miras_ref modules or objects
+        bound: set[str] = set()  # local names bound to miras_ref / miras_gpu modules or objects
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    if alias.name.split(".")[0] != "miras_ref":
+                    if alias.name.split(".")[0] not in PACKAGES:
                         continue
                     if any(is_private(part) for part in alias.name.split(".")):
                         problems.append(f"cell {i}: import {alias.name}")
                     importlib.import_module(alias.name)
                     bound.add(alias.asname or alias.name.split(".")[0])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("miras_ref"):
-                if node.module.split(".")[0] != "miras_ref":
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[0] not in PACKAGES:
                     continue
                 if node.level or any(is_private(part) for part in node.module.split(".")):
                     problems.append(f"cell {i}: from {node.module} import ...")
@@ -126,12 +128,12 @@ def test_imports_only_public_miras_ref(notebook):
                         problems.append(f"cell {i}: {node.module} has no {alias.name}")
                     bound.add(alias.asname or alias.name)
         for node in ast.walk(tree):
-            # no private attribute at all: of a miras_ref module, or of an object it returned
+            # no private attribute at all: of a module of ours, or of an object it returned
             if isinstance(node, ast.Attribute) and is_private(node.attr):
                 problems.append(f"cell {i}: private attribute .{node.attr}")
             if isinstance(node, ast.Name) and node.id in bound and is_private(node.id):
                 problems.append(f"cell {i}: private name {node.id}")
-    assert not problems, f"{name} uses non-public miras_ref names: {problems}"
+    assert not problems, f"{name} uses non-public names of {' / '.join(PACKAGES)}: {problems}"
 
 
 def test_imports_miras_ref_at_all(notebook):
