@@ -29,7 +29,7 @@ Block diagram, for an input ``x [B, T, d_model]`` with ``H`` heads of size ``D``
 
 Decisions where Sec 5.4 is silent (also in docs/paper-notes.md): SiLU after each convolution;
 ℓ2 normalisation ``x / max(‖x‖, ε)``; gates read the block input ``x`` (not the convolved
-streams); η and δ through softplus, α and μ through sigmoid; RMSNorm per head with one weight
+streams); δ through softplus, η, α and μ through sigmoid; RMSNorm per head with one weight
 ``[D]`` shared by the heads; sigmoid output gate; DeltaProduct gets ``n_steps`` keys and values
 per token from wider projections; Mesa (closed form) gets one α per head; gate biases start at
 the model's own default gate values (α clipped into [0.95, 0.99]) and the gate
@@ -67,8 +67,12 @@ __all__ = [
 #: Kernel size of the depthwise causal convolutions (Sec 5.4).
 KERNEL_SIZE = 4
 
-#: Activation of each gate's pre-activation: softplus for rates/thresholds, sigmoid for decays.
-GATE_ACTIVATIONS = {"eta": "softplus", "alpha": "sigmoid", "delta": "softplus", "mu": "sigmoid"}
+#: Activation of each gate's pre-activation: softplus for the Huber threshold, sigmoid for the
+#: rest.
+#: η goes through a sigmoid, as DeltaNet's β and Titans' adaptive rate: with ℓ2-normalised
+#: keys the delta rule W ← αW − η(Wk − v)kᵀ is contracting only for η < 2, and a softplus η
+#: (unbounded) made trained models diverge on contexts longer than their training context.
+GATE_ACTIVATIONS = {"eta": "sigmoid", "alpha": "sigmoid", "delta": "softplus", "mu": "sigmoid"}
 
 _GATE_ORDER = ("eta", "alpha", "delta", "mu")
 _DEFAULT_TARGETS = {"eta": 0.1, "alpha": 1.0, "delta": 1.0, "mu": 0.9}
@@ -320,8 +324,10 @@ def expected_param_shapes(config, d_model: int, n_heads: int, head_dim: int, ran
 
 
 def _gate_init_targets(config) -> dict[str, float]:
-    """Initial gate values: the model's own defaults, α clipped into [0.95, 0.99]."""
+    """Initial gate values: the model's own defaults, α clipped into [0.95, 0.99] and η into
+    [0.01, 0.9] (a sigmoid cannot start at 1)."""
     t = {**_DEFAULT_TARGETS, **config.gate_defaults}
+    t["eta"] = float(np.clip(t["eta"], 0.01, 0.9))
     t["alpha"] = float(np.clip(t["alpha"], *_ALPHA_INIT_RANGE))
     t["mu"] = float(np.clip(t["mu"], 0.01, 0.99))
     return {g: float(t[g]) for g in _GATE_ORDER}
@@ -337,8 +343,8 @@ def init_layer_params(d_model: int, n_heads: int, head_dim: int, config_name_or_
     all drawn from ``numpy.random.default_rng(seed)`` in the order of
     :func:`expected_param_shapes`. ``norm_w`` starts at ones. Gate biases start at the inverse
     activation of the model's default gate value (``config.gate_defaults``: η = 0.1 for the GD
-    MIRAS models, 0.5 for the delta rule, 1 for Hebbian models; δ = 1; μ = 0.9), with α clipped
-    into [0.95, 0.99] so every retention gate starts at "remember almost everything".
+    MIRAS models, 0.5 for the delta rule, 1 for Hebbian models, clipped into [0.01, 0.9]; δ = 1;
+    μ = 0.9), with α clipped into [0.95, 0.99] so every retention gate starts at "remember almost everything".
 
     Parameters
     ----------
@@ -427,7 +433,7 @@ def layer_gates(params, x, config, H: int, D: int) -> dict[str, np.ndarray]:
     """Channel-wise data-dependent gates through low-rank projections (Sec 5.4).
 
     For every gate ``g`` in ``config.required_gates``:
-    ``η_t = softplus(x_t W_down W_up + b)``, ``δ_t = softplus(...)``, ``α_t = σ(...)``,
+    ``η_t = σ(x_t W_down W_up + b)``, ``δ_t = softplus(...)``, ``α_t = σ(...)``,
     ``μ_t = σ(...)``, one value per head channel (``D`` = ``d_k`` of the matrix memory, ``d`` of
     the MLP memory, ``d_v`` for δ). Mesa (closed form) reads one α per head.
 
@@ -461,7 +467,7 @@ def layer_gates(params, x, config, H: int, D: int) -> dict[str, np.ndarray]:
             continue
         # pre_t = x_t W_down W_up + b   (low rank: R^{d_model} -> R^{rank} -> R^{H·D})
         pre = (x @ p[f"{g}_down"]) @ p[f"{g}_up"] + p[f"{g}_bias"]
-        # η, δ = softplus(pre) > 0 ;  α, μ = σ(pre) in (0, 1)
+        # δ = softplus(pre) > 0 ;  η, α, μ = σ(pre) in (0, 1)
         act = softplus if GATE_ACTIVATIONS[g] == "softplus" else sigmoid
         gates[g] = act(pre).reshape(shape)
     return gates

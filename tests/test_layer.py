@@ -101,7 +101,7 @@ def test_init_deterministic_and_gate_biases():
     assert not np.array_equal(p1["W_q"], p3["W_q"])
     sig = 1 / (1 + np.exp(-p1["alpha_bias"]))
     assert np.all((sig >= 0.95) & (sig <= 0.99))
-    np.testing.assert_allclose(np.log1p(np.exp(p1["eta_bias"])), 0.1)
+    np.testing.assert_allclose(1 / (1 + np.exp(-p1["eta_bias"])), 0.1)  # η = σ(b)
     np.testing.assert_allclose(np.log1p(np.exp(p1["delta_bias"])), 1.0)
     assert p1["conv_q"].shape == (H * D, 4) and p1["norm_w"].shape == (D,)
     assert "eta_down" not in init_layer_params(DM, H, D, "softmax_attention", rank=R)
@@ -109,6 +109,11 @@ def test_init_deterministic_and_gate_biases():
     g = layer_gates(p1, _x(2), "yaad", H, D)
     assert np.all((g["alpha"] > 0.9) & (g["alpha"] < 0.995))
     assert np.all((g["eta"] > 0.05) & (g["eta"] < 0.2))
+    # η is a sigmoid: bounded by 1 whatever the input (the delta rule needs η‖k‖² < 2)
+    assert np.all(layer_gates(p1, 1e3 * _x(2), "yaad", H, D)["eta"] <= 1.0)
+    # a Hebbian model's η = 1 default starts at the sigmoid's 0.9 instead of logit(1) = inf
+    hebb = init_layer_params(DM, H, D, "linear_attention", rank=R)
+    np.testing.assert_allclose(1 / (1 + np.exp(-hebb["eta_bias"])), 0.9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def _torch_layer(p, x, name):
     def gate(g, act):
         return act(x @ t[f"{g}_down"] @ t[f"{g}_up"] + t[f"{g}_bias"]).reshape(b, n_tok, H, D)
 
-    eta, alpha = gate("eta", F.softplus), gate("alpha", torch.sigmoid)
+    eta, alpha = gate("eta", torch.sigmoid), gate("alpha", torch.sigmoid)
     y = torch.zeros(b, n_tok, H, D, dtype=torch.float64)
     for bi in range(b):
         for h in range(H):
