@@ -58,14 +58,15 @@ def _sync(device):
 
 
 def time_fn(fn, device, warmup: int, iters: int) -> tuple[float, int | None]:
-    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup``; peak memory of a run."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
+    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup``; peak memory over all
+    runs, warm-up included (CUDA graphs allocate their memory pool while recording there)."""
     peak = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
     times = []
     for _ in range(iters):
         _sync(device)
@@ -100,12 +101,17 @@ def make_inputs(cfg, size, device, dtype, seed=0):
 
 
 def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
+    """``compiled``: False (eager) or an inductor mode for ``compile_chunks``."""
     cfg = zoo.get(model, size["D"], expansion=size["expansion"])
-    label = f"miras torch {model}" + (" (compiled)" if compiled else "")
+    label = f"miras torch {model}" + (f" (compiled, {compiled})" if compiled else "")
+    if all(size is not s for s in (FULL, SMALL)):
+        label += f" [B=1, T={size['T']}]"
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
     tokens = size["B"] * size["T"]
     link_is_identity = isinstance(cfg.retention, L2Retention)
     ckpt = {"on": True, "off": False, "auto": not link_is_identity}[args.checkpoint]
+    if compiled == "reduce-overhead":  # CUDA graphs cannot be replayed by a recomputation
+        ckpt = False
     op = miras_gpu.scan_chunked
     rows = []
 
@@ -132,7 +138,14 @@ def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             rows.append(Row(label, mode, None, tokens, None, "out of memory"))
+        except RuntimeError as err:  # e.g. a compile mode this torch cannot run
+            rows.append(Row(label, mode, None, tokens, None,
+                            f"failed: {str(err).splitlines()[0][:120]}"))
         print(_fmt_row(rows[-1]), flush=True)
+    if compiled:  # free the compiled graphs (and their CUDA-graph pools) before the next row
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -201,7 +214,8 @@ def markdown(rows: list[Row], peer_note: str | None, env: dict, size: dict) -> s
             lines.append(f"| {r.name} | {r.mode} | - | - | - | - | {r.note} |")
             continue
         peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**30:.2f} GiB"
-        ratio = (f"{peer[r.mode].seconds / r.seconds:.2f}x" if r.mode in peer else "-")
+        same = r.mode in peer and peer[r.mode].tokens == r.tokens
+        ratio = f"{peer[r.mode].seconds / r.seconds:.2f}x" if same else "-"
         lines.append(f"| {r.name} | {r.mode} | {r.seconds * 1e3:.2f} | {r.tokens_per_s:.0f} | "
                      f"{peak} | {ratio} | {r.note} |")
     lines += ["", "`speed vs titans` is titans-pytorch's time divided by this row's time "
@@ -220,9 +234,16 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="auto", choices=["auto", "on", "off"],
                         help="recompute chunks in the backward (auto: for non-identity links)")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--compile", action="store_true",
-                        help="also time compile_chunks=True (torch.compile of the chunk step)")
+    parser.add_argument("--compile", nargs="?", const="default", default="",
+                        help="also time compile_chunks with these comma-separated inductor "
+                             "modes (default: 'default'; e.g. default,reduce-overhead)")
     parser.add_argument("--no-peer", action="store_true", help="skip titans-pytorch")
+    parser.add_argument("--tf32", action="store_true",
+                        help="float32 matmuls on TF32 tensor cores (as `miras train` runs)")
+    parser.add_argument("--long", default="",
+                        help="also run B=1 at these comma-separated sequence lengths (e.g. "
+                             "16384,65536), every chunk recomputed in the backward "
+                             "(checkpoint), one timed run after one warm-up")
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.small else 2)
     args.iters = args.iters if args.iters is not None else (2 if args.small else 5)
@@ -232,18 +253,25 @@ def main(argv=None) -> int:
     if device.type == "cpu" and not args.small:
         print("note: the full sizes on a CPU take very long; use --small", file=sys.stderr)
 
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         platform.processor() or platform.machine())
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
            "numpy": np.__version__, "python": platform.python_version(),
-           "input dtype": args.dtype, "timing": f"median of {args.iters} after {args.warmup} "
+           "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
+           "timing": f"median of {args.iters} after {args.warmup} "
                                                  "warm-up runs"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
     rows = []
     for model in args.models.split(","):
         rows += bench_miras(model, size, device, dtype, args)
-        if args.compile:
-            rows += bench_miras(model, size, device, dtype, args, compiled=True)
+        for mode in filter(None, args.compile.split(",")):
+            rows += bench_miras(model, size, device, dtype, args, compiled=mode)
+    long_args = argparse.Namespace(**{**vars(args), "warmup": 1, "iters": 1,
+                                      "checkpoint": "on"})
+    for T in (int(t) for t in filter(None, args.long.split(","))):
+        for model in args.models.split(","):
+            rows += bench_miras(model, dict(size, B=1, T=T), device, dtype, long_args)
     peer_note = "skipped (--no-peer)" if args.no_peer else None
     if not args.no_peer:
         peer = bench_titans(size, device, dtype, args)
@@ -256,7 +284,8 @@ def main(argv=None) -> int:
                          "chunk_size=chunk, momentum=False) under bf16 autocast")
     peer = {r.mode: r for r in rows if r.name.startswith("titans") and r.seconds}
     for r in rows:
-        if r.mode in peer and r.seconds and not r.name.startswith("titans"):
+        if (r.mode in peer and r.seconds and not r.name.startswith("titans")
+                and peer[r.mode].tokens == r.tokens):
             print(f"{r.name} {r.mode}: {peer[r.mode].seconds / r.seconds:.2f}x titans speed")
     if args.out:
         with open(args.out, "w") as f:

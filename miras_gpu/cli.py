@@ -32,9 +32,9 @@ DEMO = {
             "vocab_size": 32, "lr": 1e-2, "warmup": 15, "chunk_size": 16,
             "eval_contexts": [32, 64, 128], "eval_batches": 4, "size": "tiny"},
     "cuda": {"models": ["moneta", "yaad", "memora", "gated_deltanet", "transformer"],
-             "steps": {"default": 2000}, "batch": 64, "context": 256, "num_pairs": 16,
-             "vocab_size": 256, "lr": 3e-3, "warmup": 100, "chunk_size": 64,
-             "eval_contexts": [256, 512, 1024, 2048], "eval_batches": 8, "size": "tiny",
+             "steps": {"default": 800}, "batch": 32, "context": 256, "num_pairs": 8,
+             "vocab_size": 128, "lr": 3e-3, "warmup": 50, "chunk_size": 64,
+             "eval_contexts": [256, 512, 1024], "eval_batches": 8, "size": "tiny",
              "d_model": 128, "n_heads": 4},
 }
 
@@ -236,15 +236,35 @@ def _table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['model']:<16} {r['params']:>8,} {r['final_loss']:>10.3f} "
-                     f"{r['accuracy']:>10.3f} {r['tok_per_s']:>9.0f}")
+                     f"{_acc(r['accuracy']):>10} {r['tok_per_s']:>9.0f}")
     return "\n".join(lines)
+
+
+def _evaluate_each(run_dir: str, spec: dict, device: str) -> list[dict]:
+    """The demo's evaluation at each context; a context where the model's activations become
+    non-finite is reported as ``accuracy: None`` with the error, instead of ending the demo."""
+    from .train.loop import evaluate_run
+
+    res = []
+    for c in spec["eval_contexts"]:
+        try:
+            res += evaluate_run(run_dir, [c], n_batches=spec["eval_batches"],
+                                batch=spec["batch"], device=device, write=False)
+        except ValueError as err:
+            res.append({"context": c, "accuracy": None, "error": str(err)})
+    (Path(run_dir) / "eval.json").write_text(json.dumps({"task": "mqar", "results": res},
+                                                        indent=2) + "\n")
+    return res
+
+
+def _acc(x) -> str:
+    return f"{x:6.3f}" if x is not None else "   n/a"
 
 
 def cmd_demo(a) -> int:
     import torch
 
     from .train import TrainConfig, train
-    from .train.loop import evaluate_run
     from .train.plot import plot_runs
 
     kind = "cuda" if a.device.startswith("cuda") else "cpu"
@@ -276,12 +296,12 @@ def cmd_demo(a) -> int:
             vocab_size=spec["vocab_size"], num_pairs=spec["num_pairs"],
             progress=not a.no_progress)
         s = train(cfg)
-        res = evaluate_run(cfg.out, spec["eval_contexts"], n_batches=spec["eval_batches"],
-                           batch=spec["batch"], device=kind)
+        res = _evaluate_each(cfg.out, spec, kind)
         at_train = next(r for r in res if r["context"] == spec["context"])
         rows.append({"model": m, "params": s["params"], "final_loss": s["final_loss"],
                      "accuracy": at_train["accuracy"], "tok_per_s": s["tok_per_s"],
-                     "by_context": {r["context"]: r["accuracy"] for r in res}})
+                     "by_context": {r["context"]: r["accuracy"] for r in res},
+                     "errors": {r["context"]: r["error"] for r in res if "error" in r}})
         runs.append(cfg.out)
     png = plot_runs(runs, out / "demo.png", title=f"miras demo ({kind}): MQAR, context "
                     f"{spec['context']}, {spec['num_pairs']} pairs", chance_loss=chance,
@@ -295,7 +315,10 @@ def cmd_demo(a) -> int:
     print("\nrecall accuracy by context length (trained at "
           f"{spec['context']}): " + ", ".join(str(c) for c in ctx))
     for r in rows:
-        print(f"  {r['model']:<16}" + " ".join(f"{r['by_context'][c]:6.3f}" for c in ctx))
+        print(f"  {r['model']:<16}" + " ".join(_acc(r["by_context"][c]) for c in ctx))
+    for r in rows:
+        for c, err in r["errors"].items():
+            print(f"  {r['model']} at context {c}: {err} (n/a above)")
     print(f"\nwrote {png} and {out / 'demo.json'} in {elapsed:.0f} s")
     return 0
 

@@ -51,6 +51,27 @@ def test_demo_plumbing(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["transformer", "gated_deltanet"]
 
 
+def test_demo_reports_a_diverged_context_instead_of_crashing(tmp_path, capsys, monkeypatch):
+    """A model whose activations turn non-finite at a long evaluation context is reported
+    ("n/a" and the error) and the demo still finishes."""
+    from miras_gpu.train import loop
+
+    real = loop.evaluate_run
+
+    def evaluate_run(run_dir, contexts, **kw):
+        if contexts[0] > 32:
+            raise ValueError("q contains NaN or inf")
+        return real(run_dir, contexts, **kw)
+
+    monkeypatch.setattr(loop, "evaluate_run", evaluate_run)
+    assert main(["demo", "--steps", "2", "--models", "gated_deltanet", "--out",
+                 str(tmp_path / "demo"), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "n/a" in text and "at context 64: q contains NaN or inf" in text
+    row = json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"][0]
+    assert row["by_context"]["64"] is None and row["by_context"]["32"] is not None
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--model", "nosuch"], "unknown model"),
     (["train", "--context", "0"], "context"),

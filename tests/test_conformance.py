@@ -250,6 +250,17 @@ def test_compile_inductor_cuda(model):
     _compiled_matches_eager(model, "inductor")
 
 
+def test_cuda_graphs_with_checkpoint_is_a_clear_error():
+    """CUDA-graph replays (compile_chunks="reduce-overhead") would be overwritten by the
+    backward pass's recomputation of checkpointed chunks: refused before any work."""
+    cfg, inp, t = _inputs("yaad", (1, 10, 2, 8), dtype=torch.float32, requires_grad=True,
+                          expansion=2)
+    with pytest.raises(ValueError, match="reduce-overhead.*checkpoint"):
+        miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=4,
+                               backend="torch", checkpoint=True,
+                               compile_chunks="reduce-overhead")
+
+
 def test_compile_chunks_many_variants_on_cpu():
     """``compile_chunks`` (a cached torch.compile of the chunk step) stays correct across
     configurations, grad modes and a partial last chunk: more variants than dynamo's default
@@ -266,16 +277,19 @@ def test_compile_chunks_many_variants_on_cpu():
 
 
 @needs_cuda
+@pytest.mark.parametrize(("how", "checkpoint"),
+                         [(True, False), (True, True), ("reduce-overhead", False)])
 @pytest.mark.parametrize("model", ["memora", "yaad"])
-def test_compile_chunks_option_cuda(model):
-    """``compile_chunks=True`` (a cached torch.compile of the chunk step) matches eager."""
+def test_compile_chunks_option_cuda(model, how, checkpoint):
+    """``compile_chunks`` (a cached torch.compile of the chunk step; "reduce-overhead" replays
+    it as CUDA graphs), with and without checkpointing, matches eager: values and gradients."""
     cfg, inp, t = _inputs(model, (2, 40, 2, 16), dtype=torch.float32, requires_grad=True,
                           expansion=2)
     res = []
-    for compiled in (False, True):
+    for compiled in (False, how):
         y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
                                       initial_state=t["initial_state"], output_final_state=True,
-                                      compile_chunks=compiled)
+                                      compile_chunks=compiled, checkpoint=checkpoint)
         outs = [y, *s.values()]
         res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
     _assert_rel_close(res[1], res[0], COMPILE_BOUND)

@@ -218,20 +218,30 @@ _COMPILED: dict[tuple, tuple] = {}
 RECOMPILE_LIMIT = 64
 
 
-def compiled_chunk_fn(config, backend: str = "inductor"):
+#: ``compile_chunks`` strings that name a ``torch.compile`` mode of inductor (any other string
+#: names a ``torch.compile`` backend); "reduce-overhead" replays each chunk as a CUDA graph
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compiled_chunk_fn(config, how: str = "inductor"):
     """``torch.compile`` of :func:`process_chunk` for ``config`` (cached per config object).
 
+    ``how`` is a mode of :data:`COMPILE_MODES` (inductor) or the name of a compile backend.
     Every full chunk has the same shapes, so a sequence compiles at most twice (full chunks and
     a partial last one) and then reuses the kernels for every chunk.
     """
-    key = (id(config), backend)
+    key = (id(config), how)
     entry = _COMPILED.get(key)
     if entry is None or entry[0] is not config:
-        compiled = torch.compile(process_chunk, dynamic=False, backend=backend)
+        kw = {"mode": how} if how in COMPILE_MODES else {"backend": how}
+        compiled = torch.compile(process_chunk, dynamic=False, **kw)
 
         def chunk_fn(z, q, k, v, gates):
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return compiled(config, z, q, k, v, gates)
+                y, z = compiled(config, z, q, k, v, gates)
+            if how == "reduce-overhead":  # the next replay of the graph overwrites its outputs
+                y, z = y.clone(), {n: a.clone() for n, a in z.items()}
+            return y, z
 
         entry = (config, chunk_fn)
         _COMPILED[key] = entry
@@ -246,8 +256,8 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
     dtype. Returns ``(y [B, H, T, d_v], final state)``.
     """
     if compile_chunks:
-        backend = compile_chunks if isinstance(compile_chunks, str) else "inductor"
-        fn = compiled_chunk_fn(config, backend)
+        how = compile_chunks if isinstance(compile_chunks, str) else "inductor"
+        fn = compiled_chunk_fn(config, how)
     else:
         def fn(z, q, k, v, gates):
             return process_chunk(config, z, q, k, v, gates)
@@ -296,9 +306,10 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         ``C`` times the memory's size per chunk.
     compile_chunks : bool or str
         Run each chunk through a cached ``torch.compile`` of the chunk step
-        (:func:`compiled_chunk_fn`; a string names the ``torch.compile`` backend, ``True`` is
-        inductor): fewer kernel launches, the same values up to float rounding. The first call
-        per configuration and shape pays the compilation.
+        (:func:`compiled_chunk_fn`; ``True`` is inductor, a string is an inductor mode of
+        :data:`COMPILE_MODES` such as ``"reduce-overhead"`` (CUDA graphs) or a
+        ``torch.compile`` backend name): fewer kernel launches, the same values up to float
+        rounding. The first call per configuration and shape pays the compilation.
     """
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
@@ -313,6 +324,11 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     if chunk_size is None:
         return scan(config, q, k, v, gates, initial_state, output_final_state)
     check_chunkable(config)
+    if compile_chunks == "reduce-overhead" and checkpoint and torch.is_grad_enabled():
+        raise ValueError("compile_chunks='reduce-overhead' cannot be combined with "
+                         "checkpoint=True: recomputing a chunk in the backward pass replays "
+                         "its CUDA graph and overwrites outputs that autograd still holds; use "
+                         "compile_chunks=True with checkpoint=True")
     inp = validate_inputs(config, q, k, v, gates)
     z = initial_memory_state(config, initial_state, inp,
                                  lambda: default_state(config, inp))
