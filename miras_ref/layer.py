@@ -343,8 +343,9 @@ def init_layer_params(d_model: int, n_heads: int, head_dim: int, config_name_or_
     all drawn from ``numpy.random.default_rng(seed)`` in the order of
     :func:`expected_param_shapes`. ``norm_w`` starts at ones. Gate biases start at the inverse
     activation of the model's default gate value (``config.gate_defaults``: η = 0.1 for the GD
-    MIRAS models, 0.5 for the delta rule, 1 for Hebbian models, clipped into [0.01, 0.9]; δ = 1;
-    μ = 0.9), with α clipped into [0.95, 0.99] so every retention gate starts at "remember almost everything".
+    MIRAS models, 0.5 for the delta rule, 1 for Hebbian models, clipped into [0.01, 0.9];
+    δ = 1; μ = 0.9), with α clipped into [0.95, 0.99] so every retention gate starts at
+    "remember almost everything".
 
     Parameters
     ----------

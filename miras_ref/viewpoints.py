@@ -596,6 +596,14 @@ def _soft_threshold(z: np.ndarray, gamma: float) -> np.ndarray:
     return np.sign(z) * np.maximum(np.abs(z) - gamma, 0.0)
 
 
+
+def _elastic_net_args(G_sum, eta, l1, quad_coef):
+    """Checked ``(G, η, λ1, c)`` of the elastic-net FTRL step."""
+    l1 = _scalar(l1, "l1", positive=False)
+    if l1 < 0:
+        raise ValueError(f"l1 must be >= 0, got {l1}")
+    return _array(G_sum, "G_sum"), _scalar(eta, "eta"), l1, _scalar(quad_coef, "quad_coef")
+
 def elastic_net_ftrl_argmin(G_sum: np.ndarray, eta: float, l1: float,
                             quad_coef: float = 0.5) -> np.ndarray:
     r"""Elastic-net FTRL step (Sec. 5.2 variant 3, Eq. 23), solved numerically.
@@ -632,12 +640,7 @@ def elastic_net_ftrl_argmin(G_sum: np.ndarray, eta: float, l1: float,
     -------
     ndarray, shape ``G_sum.shape``
     """
-    G = _array(G_sum, "G_sum")
-    eta = _scalar(eta, "eta")
-    l1 = _scalar(l1, "l1", positive=False)
-    if l1 < 0:
-        raise ValueError(f"l1 must be >= 0, got {l1}")
-    c = _scalar(quad_coef, "quad_coef")
+    G, eta, l1, c = _elastic_net_args(G_sum, eta, l1, quad_coef)
     g = G.ravel()
     n = g.size
 
@@ -691,12 +694,7 @@ def elastic_net_ftrl_closed_form(G_sum: np.ndarray, eta: float, l1: float,
     -------
     ndarray, shape ``G_sum.shape``
     """
-    G = _array(G_sum, "G_sum")
-    eta = _scalar(eta, "eta")
-    l1 = _scalar(l1, "l1", positive=False)
-    if l1 < 0:
-        raise ValueError(f"l1 must be >= 0, got {l1}")
-    c = _scalar(quad_coef, "quad_coef")
+    G, eta, l1, c = _elastic_net_args(G_sum, eta, l1, quad_coef)
     # A_t = -\eta G_t
     A = -eta * G
     # W_t = S_{\eta l1 / (2c)}(A_t / (2c))    (c = 1/2: W_t = S_{\eta/\alpha}(A_t), Eq. 23)
