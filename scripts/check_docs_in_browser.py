@@ -2,8 +2,10 @@
 
 For each page: the page is served from ``site/`` on localhost, Chromium renders it with
 JavaScript (``--dump-dom``), and the check asserts that KaTeX produced output
-(``class="katex"``), that no raw ``$$`` or ``\\(`` is left in the rendered text, and that the
-console logged no JavaScript error. Screenshots go to ``--shots`` for a human to judge.
+(``class="katex"``), that no raw ``$$`` or ``\\(`` is left in the rendered text, that the
+console logged no JavaScript error, and (on tutorial pages) that the notebook's plots are in
+the page. Screenshots go to ``--shots`` for a human to judge: the top of each page and, on
+tutorial pages, a tall one that reaches its first plot.
 
     python scripts/check_docs_in_browser.py [--site site] [--shots site-screenshots]
 """
@@ -26,6 +28,10 @@ PAGES = ("concepts/", "tutorials/02_two_viewpoints/", "tutorials/04_retention_ga
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=8000", "--enable-logging=stderr", "--v=0"]
+
+
+#: height (px) of the tutorial screenshot that reaches down to the first plot
+PLOT_SHOT_HEIGHT = 9000
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -55,6 +61,16 @@ def text_of(dom: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", dom))
 
 
+def heading_before_first_plot(dom: str) -> str | None:
+    """The id of the last heading above the page's first inline PNG (a notebook plot), or
+    None when the page has no such image."""
+    at = dom.find('src="data:image/png')
+    if at < 0:
+        return None
+    ids = re.findall(r'<h[1-3][^>]*\bid="([^"]+)"', dom[:at])
+    return ids[-1] if ids else ""
+
+
 def check(site: Path, shots: Path) -> list[str]:
     server, port = serve(site)
     shots.mkdir(parents=True, exist_ok=True)
@@ -78,6 +94,16 @@ def check(site: Path, shots: Path) -> list[str]:
             problems += [f"{page}: {e}" for e in errors]
             name = page.strip("/").replace("/", "_") or "index"
             chromium(["--window-size=1280,2400", f"--screenshot={shots / (name + '.png')}", url])
+            if page.startswith("tutorials/"):
+                anchor = heading_before_first_plot(dom)
+                if anchor is None:
+                    problems.append(f"{page}: no plot (data:image/png) in the rendered notebook")
+                    continue
+                print(f"{'':35s} first plot below #{anchor}")
+                # headless Chromium paints nothing after scrolling to a fragment: take the
+                # page from the top, tall enough to reach the first plot
+                chromium([f"--window-size=1280,{PLOT_SHOT_HEIGHT}",
+                          f"--screenshot={shots / (name + '_plot.png')}", url])
     finally:
         server.shutdown()
     return problems
