@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -39,6 +38,7 @@ if "--small" in sys.argv and "--device" not in sys.argv:  # CPU smoke test: Trit
         pass
 
 import torch  # noqa: E402
+from _common import is_oom, make_inputs, time_fn, titans_passes  # noqa: E402
 
 from miras_ref import zoo  # noqa: E402
 
@@ -101,60 +101,8 @@ def pass_flops(kind, size, mode) -> float:
 # timing
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn, device, warmup: int, iters: int):
-    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup``, and the peak memory
-    allocated during the timed runs (CUDA only). CUDA events time the device."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return statistics.median(times), peak
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 # --------------------------------------------------------------------------------------------
 # inputs and the runs
-
-
-def make_inputs(cfg, B, T, H, D, device, dtype, seed=0):
-    """ℓ2-normalised q, k (as the MIRAS layer), random v, gates inside their ranges."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
-    k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
-    v = torch.randn(B, T, H, D, generator=g)
-    defaults = {"eta": 0.1, "alpha": 1.0, "delta": 1.0, **cfg.gate_defaults}
-    gates = {}
-    for name in cfg.required_gates:
-        u = torch.rand(B, T, H, generator=g)
-        gates[name] = {"eta": defaults["eta"] * (0.5 + u), "alpha": 0.9 + 0.1 * u,
-                       "delta": 0.5 + u}[name]
-    to = dict(device=device, dtype=dtype)
-    return (q.to(**to), k.to(**to), v.to(**to),
-            {n: a.to(device=device, dtype=torch.float32) for n, a in gates.items()})
 
 
 def config_for(model, size):
@@ -174,7 +122,7 @@ def _ops(backend):
 def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_precision=None):
     """``(fwd, fwd_bwd)`` closures of one model on one backend."""
     cfg = config_for(model, size)
-    q, k, v, gates = make_inputs(cfg, size["B"], size["T"], size["H"], size["D"], device, dtype)
+    q, k, v, gates = make_inputs(cfg, size, device, dtype, gate_dtype=torch.float32)
     opts = {"checkpoint": True} if (backend == "torch" and checkpoint) else {}
     if backend == "triton" and dot_precision is not None:
         opts["dot_precision"] = dot_precision
@@ -197,36 +145,11 @@ def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_prec
     return fwd, fwd_bwd
 
 
-def titans_passes(size, device, dtype):
-    from titans_pytorch import NeuralMemory
-
-    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
-    mem = NeuralMemory(dim=H * D, heads=H, dim_head=D, chunk_size=size["chunk"],
-                       momentum=False).to(device)
-    x = torch.randn(B, T, H * D, device=device)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def fwd():
-        with torch.no_grad(), autocast:
-            mem(x)
-
-    xg = x.clone().requires_grad_(True)
-
-    def fwd_bwd():
-        with autocast:
-            out, _ = mem(xg)
-        out.float().square().mean().backward()
-        xg.grad = None
-        mem.zero_grad(set_to_none=True)
-
-    return fwd, fwd_bwd
-
-
 def fla_passes(size, device, dtype):
     from fla.ops.delta_rule import chunk_delta_rule
 
-    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
-    q, k, v, gates = make_inputs(zoo.deltanet(D), B, T, H, D, device, dtype)
+    q, k, v, gates = make_inputs(zoo.deltanet(size["D"]), size, device, dtype,
+                                 gate_dtype=torch.float32)
     beta = gates["eta"].to(dtype)
 
     import inspect
@@ -278,7 +201,7 @@ def measure(name, kind, passes, size, device, args) -> list[Row]:
             sec, peak = time_fn(fn, device, args.warmup, args.iters)
             rows.append(Row(name, kind, mode, sec, tokens, pass_flops(kind, size, mode), peak))
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 torch.cuda.empty_cache()
                 rows.append(Row(name, kind, mode, None, tokens, 0.0, None, "out of memory"))
             else:
@@ -320,7 +243,7 @@ def sweep(models, size, device, dtype, args) -> list[dict]:
                                                 dot_precision=args.dot_precision)
                     sec, peak = time_fn(fwd if mode == "fwd" else fwd_bwd, device, 1, 1)
                 except Exception as exc:
-                    if not _is_oom(exc):
+                    if not is_oom(exc):
                         raise
                     torch.cuda.empty_cache()
                     out.append(dict(model=model, mode=mode, T=T, seconds=None,

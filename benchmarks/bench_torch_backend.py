@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
+from _common import make_inputs, time_fn, titans_passes
 
 import miras_gpu
 from miras_ref import zoo
@@ -50,54 +49,6 @@ class Row:
     @property
     def tokens_per_s(self) -> float | None:
         return None if self.seconds is None else self.tokens / self.seconds
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn, device, warmup: int, iters: int) -> tuple[float, int | None]:
-    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup``; peak memory over all
-    runs, warm-up included (CUDA graphs allocate their memory pool while recording there)."""
-    peak = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    return statistics.median(times), peak
-
-
-def make_inputs(cfg, size, device, dtype, seed=0):
-    """Random bf16 inputs: ℓ2-normalised q and k (as the MIRAS layer), gates in range."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g)
-
-    q = torch.nn.functional.normalize(randn(B, T, H, D), dim=-1)
-    k = torch.nn.functional.normalize(randn(B, T, H, D), dim=-1)
-    v = randn(B, T, H, D)
-    defaults = {"eta": 0.1, "alpha": 1.0, "delta": 1.0, **cfg.gate_defaults}
-    gates = {}
-    for name in cfg.required_gates:
-        u = torch.rand(B, T, H, generator=g)
-        gates[name] = {"eta": defaults["eta"] * (0.5 + u), "alpha": 0.9 + 0.1 * u,
-                       "delta": 0.5 + u}[name]
-    to = dict(device=device, dtype=dtype)
-    return q.to(**to), k.to(**to), v.to(**to), {n: a.to(**to) for n, a in gates.items()}
 
 
 def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
@@ -152,30 +103,11 @@ def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
 def bench_titans(size, device, dtype, args) -> list[Row] | str:
     """titans-pytorch's NeuralMemory on the same tokens, or a note why it did not run."""
     try:
-        from titans_pytorch import NeuralMemory
+        fwd, fwd_bwd = titans_passes(size, device, dtype)
     except ImportError as err:
         return f"titans-pytorch is not installed ({err}); peer skipped"
-    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
-    mem = NeuralMemory(dim=H * D, heads=H, dim_head=D, chunk_size=size["chunk"],
-                       momentum=False).to(device)
-    x = torch.randn(B, T, H * D, device=device)
-    tokens = B * T
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else (
-        torch.autocast(device.type, enabled=False))
+    tokens = size["B"] * size["T"]
     rows = []
-
-    def fwd():
-        with torch.no_grad(), autocast:
-            mem(x)
-
-    xg = x.clone().requires_grad_(True)
-
-    def fwd_bwd():
-        with autocast:
-            retrieved, _ = mem(xg)
-        retrieved.float().square().mean().backward()
-        xg.grad = None
-        mem.zero_grad(set_to_none=True)
 
     for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
         try:

@@ -1,0 +1,91 @@
+"""Helpers shared by the benchmark scripts: timing, inputs, and the titans-pytorch peer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device: torch.device, warmup: int, iters: int) -> tuple[float, int | None]:
+    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup`` (CUDA events time the
+    device), and the peak memory allocated over all runs, warm-up included, where CUDA graphs
+    allocate their memory pool while recording (CUDA only, else None)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0):
+    """ℓ2-normalised q, k (as the MIRAS layer), random v ``[B, T, H, D]`` in ``dtype``, and
+    per-head gates ``[B, T, H]`` inside their ranges in ``gate_dtype`` (default ``dtype``)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
+    q = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    v = torch.randn(B, T, H, D, generator=g)
+    defaults = {"eta": 0.1, "alpha": 1.0, "delta": 1.0, **cfg.gate_defaults}
+    gates = {}
+    for name in cfg.required_gates:
+        u = torch.rand(B, T, H, generator=g)
+        gates[name] = {"eta": defaults["eta"] * (0.5 + u), "alpha": 0.9 + 0.1 * u,
+                       "delta": 0.5 + u}[name]
+    to = dict(device=device, dtype=dtype)
+    gto = dict(device=device, dtype=gate_dtype or dtype)
+    return q.to(**to), k.to(**to), v.to(**to), {n: a.to(**gto) for n, a in gates.items()}
+
+
+def titans_passes(size: dict, device, dtype):
+    """``(fwd, fwd_bwd)`` closures of titans-pytorch's ``NeuralMemory(dim=H·D, heads=H,
+    dim_head=D, chunk_size=chunk, momentum=False)`` on ``[B, T, H·D]`` tokens, under autocast
+    to ``dtype`` unless it is float32. Raises ImportError when titans-pytorch is missing."""
+    from titans_pytorch import NeuralMemory
+
+    B, T, H, D = size["B"], size["T"], size["H"], size["D"]
+    mem = NeuralMemory(dim=H * D, heads=H, dim_head=D, chunk_size=size["chunk"],
+                       momentum=False).to(device)
+    x = torch.randn(B, T, H * D, device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def fwd():
+        with torch.no_grad(), autocast:
+            mem(x)
+
+    xg = x.clone().requires_grad_(True)
+
+    def fwd_bwd():
+        with autocast:
+            out, _ = mem(xg)
+        out.float().square().mean().backward()
+        xg.grad = None
+        mem.zero_grad(set_to_none=True)
+
+    return fwd, fwd_bwd
