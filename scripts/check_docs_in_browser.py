@@ -24,7 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-PAGES = ("concepts/", "tutorials/02_two_viewpoints/", "tutorials/04_retention_gates/")
+PAGES = ("concepts/", "api/miras_ref/", "tutorials/02_two_viewpoints/",
+         "tutorials/04_retention_gates/")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=8000", "--enable-logging=stderr", "--v=0"]
