@@ -330,13 +330,16 @@ def main(argv=None) -> int:
     """Entry point of the ``miras`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train.loop import ConfigError
+    from .train.loop import ConfigError, TrainingDiverged
 
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, FileNotFoundError) as err:
         print(f"miras {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"miras {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"miras {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -152,3 +152,49 @@ def test_a_tiny_model_learns_mqar_well_below_chance(tmp_path):
     chance = math.log(8)  # 8 possible values: chance loss ln 8, chance accuracy 1/8
     assert s["eval"]["loss"] < 0.6 * chance, s["eval"]
     assert s["eval"]["accuracy"] > 0.4, s["eval"]
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path, monkeypatch, capsys):
+    """A non-finite loss stops training before the update, naming the step and the last
+    checkpoint; the ``miras`` command prints it without a traceback and exits with 1."""
+    from miras_gpu.cli import main
+    from miras_gpu.train import TrainingDiverged, loop
+
+    real = loop.token_loss_sum
+    calls = []
+
+    def poisoned(logits, targets):
+        calls.append(1)
+        loss, n = real(logits, targets)
+        return (loss * float("nan") if len(calls) == 3 else loss), n
+
+    monkeypatch.setattr(loop, "token_loss_sum", poisoned)
+    cfg = TrainConfig(**{**SMALL, "steps": 5, "checkpoint_every": 2},
+                      out=str(tmp_path / "run"))
+    with pytest.raises(TrainingDiverged, match="step 3: the loss is nan.*checkpoint.pt"):
+        train(cfg)
+    calls.clear()
+    argv = ["train", "--model", "yaad", "--steps", "4", "--d-model", "16", "--n-heads", "2",
+            "--n-layers", "1", "--rank", "4", "--context", "16", "--vocab-size", "16",
+            "--num-pairs", "2", "--batch", "4", "--chunk-size", "8", "--device", "cpu",
+            "--no-progress", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at step 3" in err and "Traceback" not in err
+
+
+def test_non_finite_activations_stop_with_a_clear_error(tmp_path, monkeypatch):
+    """A NaN reaching a memory op (a diverged layer) is reported as divergence too."""
+    import torch
+
+    from miras_gpu.train import TrainingDiverged
+
+    cfg = TrainConfig(**{**SMALL, "steps": 2}, out=str(tmp_path / "run"))
+    real_embedding = torch.nn.functional.embedding
+
+    def nan_embedding(*args, **kwargs):
+        return real_embedding(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(torch.nn.functional, "embedding", nan_embedding)
+    with pytest.raises(TrainingDiverged, match="step 1: .*contains NaN or inf"):
+        train(cfg)

@@ -43,6 +43,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class NonFiniteError(ValueError):
+    """An input tensor holds NaN or inf (e.g. the activations of a diverged model)."""
+
+
 def _checking_values() -> bool:
     return not torch.compiler.is_compiling()
 
@@ -62,7 +66,7 @@ def check_tensor(x, name: str, ndim=None, device=None) -> torch.Tensor:
         raise ValueError(f"{name} is on {x.device} but q is on {device}: put every input on "
                          "one device")
     if _checking_values() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise NonFiniteError(f"{name} contains NaN or inf")
     return x
 
 

@@ -3,7 +3,15 @@ LM on a shipped public-domain text), the training loop (AdamW, warmup + cosine, 
 bf16 autocast, checkpoints and exact resumption, DDP/FSDP) and plots.
 """
 
-from .loop import ConfigError, TrainConfig, evaluate, evaluate_run, read_log, train
+from .loop import (
+    ConfigError,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate,
+    evaluate_run,
+    read_log,
+    train,
+)
 from .tasks import IGNORE, TASKS, Task, make_task
 
 __all__ = [
@@ -12,6 +20,7 @@ __all__ = [
     "ConfigError",
     "Task",
     "TrainConfig",
+    "TrainingDiverged",
     "evaluate",
     "evaluate_run",
     "make_task",

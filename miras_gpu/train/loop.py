@@ -42,9 +42,11 @@ import torch.nn.functional as F
 
 from ..nn import PRESETS, LMConfig, build_model, count_params, save_pretrained
 from ..nn.layer import resolve_config
+from ..torch._checks import NonFiniteError
 from .tasks import IGNORE, make_task
 
-__all__ = ["ConfigError", "TrainConfig", "evaluate", "model_config", "train"]
+__all__ = ["ConfigError", "TrainConfig", "TrainingDiverged", "evaluate", "model_config",
+           "train"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -53,6 +55,11 @@ CONFIG = "train_config.json"
 
 class ConfigError(ValueError):
     """A bad training configuration (the ``miras`` command prints it and exits with 2)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or an activation the memory op checks) became NaN or inf; the message names
+    the step and the last checkpoint (the ``miras`` command prints it and exits with 1)."""
 
 
 @dataclass
@@ -393,6 +400,14 @@ def read_log(out) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
+def _diverged(step: int, what: str, out: Path) -> TrainingDiverged:
+    ckpt = out / "checkpoint.pt"
+    where = (f"the last checkpoint is {ckpt}" if ckpt.is_file()
+             else "no checkpoint was written yet")
+    return TrainingDiverged(f"training diverged at step {step}: {what}; {where}; try a lower "
+                            "--lr, a gradient clip (--clip) or --precision fp32")
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
           steps: int | None = None) -> dict:
     """Run (or resume) training as :class:`TrainConfig` says; return the summary dict.
@@ -496,10 +511,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
             t0 = time.perf_counter()
             lo = (step - 1) * cfg.batch + d.rank * local_batch
             x, y = task.batch(range(lo, lo + local_batch), "train", device)
-            with autocast():
-                logits = model(x)
+            try:
+                with autocast():
+                    logits = model(x)
+            except NonFiniteError as err:
+                raise _diverged(step, str(err), out) from err
             loss_sum, n_local = token_loss_sum(logits, y)
-            n_global = _all_sum([float(n_local)], d, device)[0]
+            n_global, total = _all_sum([float(n_local), float(loss_sum.detach())], d, device)
+            step_loss = total / max(n_global, 1.0)
+            if not math.isfinite(step_loss):  # stop before a non-finite update
+                raise _diverged(step, f"the loss is {step_loss}", out)
             # Σ_local / (N_global / world): DDP's mean over ranks gives Σ_global / N_global
             loss = loss_sum * (d.world / max(n_global, 1.0))
             optimizer.zero_grad(set_to_none=True)
@@ -509,7 +530,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
                 gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
             optimizer.step()
             scheduler.step()
-            step_loss = _all_sum([float(loss_sum.detach())], d, device)[0] / max(n_global, 1.0)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
