@@ -1,4 +1,5 @@
-"""Element-wise helpers shared by the Triton kernels (``@triton.jit`` device functions).
+"""Device functions (``@triton.jit``) shared by the Triton kernels: element-wise helpers and
+the per-segment loads of the token tiles.
 
 Everything here is plain ``tl`` arithmetic (exp, log, sigmoid, where, sums), present in every
 Triton from 3.0 on and in the CPU interpreter (``TRITON_INTERPRET=1``). Constants are the ones
@@ -209,3 +210,32 @@ def link(z, valid, LINK: tl.constexpr, LQ, KLC):
         ez = tl.exp(zm - m)
         w = KLC * ez / tl.sum(tl.sum(ez, axis=1), axis=0)
     return tl.where(valid, w, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# per-segment loads
+
+
+@triton.jit
+def segment_tiles(x_ptr, b, h, s0, s1, T, H, D, BC: tl.constexpr, BD: tl.constexpr):
+    """Load rows ``s0 .. s1-1`` of ``x [B, T, H, D]`` for head ``h`` as an fp32 ``[BC, BD]``."""
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    t = s0 + rc
+    tok = (b * T + t) * H + h
+    m = (t < s1)[:, None] & (rd < D)[None, :]
+    return tl.load(x_ptr + tok[:, None] * D + rd[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW: tl.constexpr, BIAS: tl.constexpr):
+    """The Huber threshold δ of the segment's tokens ``tok`` (valid where ``mt``): ``[BC, BV]``
+    channel-wise (``DELTA_CW``) or ``[BC]`` per token; zeros for biases without one."""
+    if BIAS >= 4:
+        if DELTA_CW:
+            return tl.load(delta_ptr + tok[:, None] * DV + rv[None, :],
+                           mask=mt[:, None] & (rv < DV)[None, :], other=1.0)
+        else:
+            return tl.load(delta_ptr + tok, mask=mt, other=1.0)
+    else:
+        return tl.zeros_like(mt.to(tl.float32))

@@ -316,6 +316,16 @@ def _matrix_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0):
     return y, (zt,), (states,)
 
 
+def _input_grads(q, k, v, eta, alpha, delta) -> tuple:
+    """Output buffers of the backward kernels: the gradients of q, k, v in their dtypes, of
+    the gates in float32 (``None`` for an absent ``delta``)."""
+    f32, dev = torch.float32, q.device
+    return (_empty(q.shape, q.dtype, dev), _empty(k.shape, k.dtype, dev),
+            _empty(v.shape, v.dtype, dev), _empty(eta.shape, f32, dev),
+            _empty(alpha.shape, f32, dev),
+            None if delta is None else _empty(delta.shape, f32, dev))
+
+
 def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
     from .matrix import matrix_backward_kernel, matrix_backward_state_kernel
 
@@ -326,12 +336,7 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
     f32 = torch.float32
     gzs = _empty((L.B, L.H, L.n_seg, dv, dk), f32, dev)
     gz0 = _empty((L.B, L.H, dv, dk), f32, dev)
-    gq = _empty(q.shape, q.dtype, dev)
-    gk = _empty(k.shape, k.dtype, dev)
-    gv = _empty(v.shape, v.dtype, dev)
-    geta = _empty(eta.shape, f32, dev)
-    galpha = _empty(alpha.shape, f32, dev)
-    gdelta = None if delta is None else _empty(delta.shape, f32, dev)
+    gq, gk, gv, geta, galpha, gdelta = _input_grads(q, k, v, eta, alpha, delta)
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     delta_arg = eta if delta is None else delta
@@ -418,12 +423,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, gy, gzt):
         else:
             g[:, :, 0] = gt
     scratch = _empty((L.B, L.H, 2, L.block_c, n_blocks * bhid), f32, dev)
-    gq = _empty(q.shape, q.dtype, dev)
-    gk = _empty(k.shape, k.dtype, dev)
-    gv = _empty(v.shape, v.dtype, dev)
-    geta = _empty(eta.shape, f32, dev)
-    galpha = _empty(alpha.shape, f32, dev)
-    gdelta = None if delta is None else _empty(delta.shape, f32, dev)
+    gq, gk, gv, geta, galpha, gdelta = _input_grads(q, k, v, eta, alpha, delta)
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     mlp_backward_kernel[(L.B * L.H,)](

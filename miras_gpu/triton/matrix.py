@@ -33,30 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._math import bias_grad, bias_grad_bwd, link
-
-
-@triton.jit
-def _segment_tiles(x_ptr, b, h, s0, s1, T, H, D, BC: tl.constexpr, BD: tl.constexpr):
-    """Load rows ``s0 .. s1-1`` of ``x [B, T, H, D]`` for head ``h`` as an fp32 ``[BC, BD]``."""
-    rc = tl.arange(0, BC)
-    rd = tl.arange(0, BD)
-    t = s0 + rc
-    tok = (b * T + t) * H + h
-    m = (t < s1)[:, None] & (rd < D)[None, :]
-    return tl.load(x_ptr + tok[:, None] * D + rd[None, :], mask=m, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW: tl.constexpr, BIAS: tl.constexpr):
-    if BIAS >= 4:
-        if DELTA_CW:
-            return tl.load(delta_ptr + tok[:, None] * DV + rv[None, :],
-                           mask=mt[:, None] & (rv < DV)[None, :], other=1.0)
-        else:
-            return tl.load(delta_ptr + tok, mask=mt, other=1.0)
-    else:
-        return tl.zeros_like(mt.to(tl.float32))
+from ._math import bias_grad, bias_grad_bwd, delta_tile, link, segment_tiles
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -84,11 +61,11 @@ def matrix_state_kernel(
         t = s0 + rc
         mt = t < s1
         tok = (b * T + t) * H + h
-        kt = _segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
-        vt = _segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
+        kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+        vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
         eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
         la = tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0))
-        delta = _delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
+        delta = delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
         # Eq 28: every gradient of the segment at its starting state (the anchor)
         if DECAYED:
             a = tl.load(alpha_ptr + (b * T + s0) * H + h) * z
@@ -130,8 +107,8 @@ def matrix_output_kernel(
         t = s0 + rc
         mt = t < s1
         tok = (b * T + t) * H + h
-        qt = _segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
-        kt = _segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+        qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+        kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
         ymask = mt[:, None] & (rv < DV)[None, :]
         dy = tl.load(dy_ptr + tok[:, None] * DV + rv[None, :], mask=ymask, other=0.0)
         eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
@@ -173,13 +150,13 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     mt = t < s1
     tok = (b * T + t) * H + h
     vmask = mt[:, None] & (rv < DV)[None, :]
-    qt = _segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
-    kt = _segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
-    vt = _segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
-    gy = _segment_tiles(gy_ptr, b, h, s0, s1, T, H, DV, BC, BV)
+    qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
+    vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
+    gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, DV, BC, BV)
     eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
     alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
-    delta = _delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
+    delta = delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
     if DECAYED:
         s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
     else:

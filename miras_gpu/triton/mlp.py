@@ -32,23 +32,15 @@ import triton.language as tl
 from ._math import (
     bias_grad,
     bias_grad_bwd,
+    delta_tile,
     gelu,
     gelu_grad,
     gelu_grad2,
     inv_pow_norm,
     link,
     qnorm_update,
+    segment_tiles,
 )
-
-
-@triton.jit
-def _tiles(x_ptr, b, h, s0, s1, T, H, D, BC: tl.constexpr, BD: tl.constexpr):
-    rc = tl.arange(0, BC)
-    rd = tl.arange(0, BD)
-    t = s0 + rc
-    tok = (b * T + t) * H + h
-    m = (t < s1)[:, None] & (rd < D)[None, :]
-    return tl.load(x_ptr + tok[:, None] * D + rd[None, :], mask=m, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -183,16 +175,10 @@ def mlp_state_kernel(
         mt = t < s1
         tok = (b * T + t) * H + h
         ymask = mt[:, None] & cm[None, :]
-        kt = _tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        vt = _tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
         eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
-        if BIAS >= 4:
-            if DELTA_CW:
-                delta = tl.load(delta_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=1.0)
-            else:
-                delta = tl.load(delta_ptr + tok, mask=mt, other=1.0)
-        else:
-            delta = tl.zeros([BC], dtype=tl.float32)
+        delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
         if DECAYED:
             s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
         else:
@@ -260,8 +246,8 @@ def mlp_output_kernel(
     mt = t < s1
     tok = (b * T + t) * H + h
     ymask = mt[:, None] & cm[None, :]
-    qt = _tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    kt = _tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
     dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
     eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
     el = tl.exp(lb)
@@ -416,19 +402,13 @@ def mlp_backward_kernel(
         mt = t < s1
         tok = (b * T + t) * H + h
         ymask = mt[:, None] & cm[None, :]
-        qt = _tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        kt = _tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        vt = _tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        gy = _tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
+        gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
         eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
         alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
-        if BIAS >= 4:
-            if DELTA_CW:
-                delta = tl.load(delta_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=1.0)
-            else:
-                delta = tl.load(delta_ptr + tok, mask=mt, other=1.0)
-        else:
-            delta = tl.zeros([BC], dtype=tl.float32)
+        delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
         if DECAYED:
             s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
         else:
