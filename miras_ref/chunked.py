@@ -96,6 +96,18 @@ def _chunk_step(config, z: dict, q, k, v, gates: dict):
     return y, {n: z_t[n][:, :, -1] for n in own}
 
 
+def check_chunkable(config) -> None:
+    """``ValueError`` unless ``config`` has a chunked form: plain GD (Eq 28 takes every
+    gradient of a chunk at its starting state) and a retention gate linear in its state."""
+    alg = config.algorithm
+    if type(alg) is not GD or isinstance(alg, Momentum):
+        raise ValueError(f"chunk_size: the chunked form is defined for plain GD, not "
+                         f"{alg.name}; use chunk_size=None for the exact recurrence")
+    if not config.retention.dual_linear:
+        raise ValueError(f"chunk_size: the {config.retention.name} retention gate is not linear "
+                         "in its state, so it has no chunked form; use chunk_size=None")
+
+
 def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
                  output_final_state=False):
     """Chunk-parallel MIRAS forward (Eq 28-32), any ``T`` and any chunk size.
@@ -108,13 +120,7 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     if chunk_size is None:
         return scan(config, q, k, v, gates, initial_state, output_final_state)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    alg = config.algorithm
-    if type(alg) is not GD or isinstance(alg, Momentum):
-        raise ValueError(f"chunk_size: the chunked form is defined for plain GD, not "
-                         f"{alg.name}; use chunk_size=None for the exact recurrence")
-    if not config.retention.dual_linear:
-        raise ValueError(f"chunk_size: the {config.retention.name} retention gate is not linear "
-                         "in its state, so it has no chunked form; use chunk_size=None")
+    check_chunkable(config)
     q, k, v, gates, B, T, H = validate_inputs(config, q, k, v, gates, initial_state)
     z = initial_memory_state(config, initial_state, B, H)
     ys = []
@@ -125,7 +131,7 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         if config.lag_token:
             # Eq 30: the lag token takes the exact non-linear step from M_0
             g0 = {name: a[:, :, 0] for name, a in g.items()}
-            z = alg.step(config, z, k[:, :, s], v[:, :, s], g0)
+            z = config.algorithm.step(config, z, k[:, :, s], v[:, :, s], g0)
             ys.append(read(config, z, q[:, :, s, None, :]))
             sl = slice(s + 1, e)
             g = {name: a[:, :, 1:] for name, a in g.items()}

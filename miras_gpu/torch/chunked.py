@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from miras_ref.algorithms import GD, Momentum
+from miras_ref.chunked import check_chunkable as ref_check_chunkable
 from miras_ref.memory import MatrixMemory, MLPMemory
 
 from . import algorithms as algs
@@ -274,14 +274,9 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
 
 
 def check_chunkable(config) -> None:
-    """``ValueError`` unless ``config`` has a chunked form in the torch backend."""
-    alg = config.algorithm
-    if type(alg) is not GD or isinstance(alg, Momentum):
-        raise ValueError(f"chunk_size: the chunked form is defined for plain GD, not "
-                         f"{alg.name}; use chunk_size=None for the exact recurrence")
-    if not config.retention.dual_linear:
-        raise ValueError(f"chunk_size: the {config.retention.name} retention gate is not linear "
-                         "in its state, so it has no chunked form; use chunk_size=None")
+    """``ValueError`` unless ``config`` has a chunked form (:func:`miras_ref.chunked.
+    check_chunkable`) that the torch backend's retention ops cover."""
+    ref_check_chunkable(config)
     retentions.ops_for(config.retention)
 
 
