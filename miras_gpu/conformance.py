@@ -66,7 +66,7 @@ from miras_ref.retention import (
     SigmoidBregmanRetention,
 )
 
-from .backends import BackendUnavailableError, get_backend
+from .backends import available_backends, get_backend
 
 # --------------------------------------------------------------------------------------------
 # what is checked, and to what bound
@@ -189,14 +189,7 @@ class Case:
 
 def kernel_backends() -> list[str]:
     """The available backends among torch, triton and cupy."""
-    out = []
-    for name in KERNEL_BACKENDS:
-        try:
-            get_backend(name)
-        except BackendUnavailableError:
-            continue
-        out.append(name)
-    return out
+    return [name for name in available_backends() if name in KERNEL_BACKENDS]
 
 
 def dtypes_for(device: str) -> tuple[str, ...]:
@@ -290,11 +283,20 @@ def _round(x: np.ndarray, dtype: str) -> np.ndarray:
 # errors
 
 
-def max_error(out, ref) -> float:
-    """``max|out - ref| / max|ref|``; ``inf`` for NaN/inf or a shape mismatch."""
+def _comparable(out, ref):
+    """``(out, ref)`` as float64 arrays, or ``None`` for NaN/inf or a shape mismatch."""
     out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     if out.shape != ref.shape or not (np.all(np.isfinite(out)) and np.all(np.isfinite(ref))):
+        return None
+    return out, ref
+
+
+def max_error(out, ref) -> float:
+    """``max|out - ref| / max|ref|``; ``inf`` for NaN/inf or a shape mismatch."""
+    pair = _comparable(out, ref)
+    if pair is None:
         return math.inf
+    out, ref = pair
     if out.size == 0:
         return 0.0
     scale = np.max(np.abs(ref))
@@ -304,9 +306,10 @@ def max_error(out, ref) -> float:
 
 def rms_error(out, ref) -> float:
     """``rms(out - ref) / rms(ref)``; ``inf`` for NaN/inf or a shape mismatch."""
-    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    if out.shape != ref.shape or not (np.all(np.isfinite(out)) and np.all(np.isfinite(ref))):
+    pair = _comparable(out, ref)
+    if pair is None:
         return math.inf
+    out, ref = pair
     if out.size == 0:
         return 0.0
     scale = np.sqrt(np.mean(ref**2))
