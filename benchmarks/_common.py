@@ -44,6 +44,18 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def timed(fn, device: torch.device, warmup: int, iters: int):
+    """:func:`time_fn` as ``(seconds, peak, note)``; a run out of memory or failing gives
+    ``(None, None, note)`` saying which, so one row does not end the benchmark."""
+    try:
+        return (*time_fn(fn, device, warmup, iters), "")
+    except Exception as exc:
+        if is_oom(exc):
+            torch.cuda.empty_cache()
+            return None, None, "out of memory"
+        return None, None, f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+
+
 def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0):
     """ℓ2-normalised q, k (as the MIRAS layer), random v ``[B, T, H, D]`` in ``dtype``, and
     per-head gates ``[B, T, H]`` inside their ranges in ``gate_dtype`` (default ``dtype``)."""

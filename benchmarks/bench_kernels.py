@@ -38,7 +38,7 @@ if "--small" in sys.argv and "--device" not in sys.argv:  # CPU smoke test: Trit
         pass
 
 import torch  # noqa: E402
-from _common import is_oom, make_inputs, time_fn, titans_passes  # noqa: E402
+from _common import is_oom, make_inputs, time_fn, timed, titans_passes  # noqa: E402
 
 from miras_ref import zoo  # noqa: E402
 
@@ -197,16 +197,9 @@ def measure(name, kind, passes, size, device, args) -> list[Row]:
         print(f"{name}: could not be set up ({type(exc).__name__}: {exc}); skipped", flush=True)
         return rows
     for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        try:
-            sec, peak = time_fn(fn, device, args.warmup, args.iters)
-            rows.append(Row(name, kind, mode, sec, tokens, pass_flops(kind, size, mode), peak))
-        except Exception as exc:
-            if is_oom(exc):
-                torch.cuda.empty_cache()
-                rows.append(Row(name, kind, mode, None, tokens, 0.0, None, "out of memory"))
-            else:
-                rows.append(Row(name, kind, mode, None, tokens, 0.0, None,
-                                f"failed: {type(exc).__name__}: {str(exc)[:120]}"))
+        sec, peak, note = timed(fn, device, args.warmup, args.iters)
+        flops = 0.0 if sec is None else pass_flops(kind, size, mode)
+        rows.append(Row(name, kind, mode, sec, tokens, flops, peak, note))
         print(fmt_row(rows[-1]), flush=True)
     return rows
 

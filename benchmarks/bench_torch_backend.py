@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 import torch
-from _common import make_inputs, time_fn, titans_passes
+from _common import make_inputs, timed, titans_passes
 
 import miras_gpu
 from miras_ref import zoo
@@ -83,15 +83,8 @@ def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
 
     for mode, fn, note in (("fwd", fwd, ""), ("fwd+bwd", fwd_bwd,
                                                "checkpoint" if ckpt else "")):
-        try:
-            sec, peak = time_fn(fn, device, args.warmup, args.iters)
-            rows.append(Row(label, mode, sec, tokens, peak, note))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            rows.append(Row(label, mode, None, tokens, None, "out of memory"))
-        except RuntimeError as err:  # e.g. a compile mode this torch cannot run
-            rows.append(Row(label, mode, None, tokens, None,
-                            f"failed: {str(err).splitlines()[0][:120]}"))
+        sec, peak, failure = timed(fn, device, args.warmup, args.iters)
+        rows.append(Row(label, mode, sec, tokens, peak, failure or note))
         print(_fmt_row(rows[-1]), flush=True)
     if compiled:  # free the compiled graphs (and their CUDA-graph pools) before the next row
         torch._dynamo.reset()
@@ -110,13 +103,8 @@ def bench_titans(size, device, dtype, args) -> list[Row] | str:
     rows = []
 
     for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        try:
-            sec, peak = time_fn(fn, device, args.warmup, args.iters)
-            rows.append(Row("titans-pytorch NeuralMemory", mode, sec, tokens, peak))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            rows.append(Row("titans-pytorch NeuralMemory", mode, None, tokens, None,
-                            "out of memory"))
+        sec, peak, note = timed(fn, device, args.warmup, args.iters)
+        rows.append(Row("titans-pytorch NeuralMemory", mode, sec, tokens, peak, note))
         print(_fmt_row(rows[-1]), flush=True)
     return rows
 
