@@ -46,68 +46,14 @@ import miras_ref  # noqa: E402
 from miras_gpu import torch as torch_ops  # noqa: E402
 from miras_gpu import triton as triton_ops  # noqa: E402
 from miras_gpu.triton import chunked as tchunked  # noqa: E402
+from miras_gpu.triton.cases import gd_config, kernel_cases, kernel_inputs  # noqa: E402
 from miras_ref import zoo  # noqa: E402
-from miras_ref.algorithms import GD  # noqa: E402
-from miras_ref.bias import HuberMixtureBias, L2Bias, LpBias  # noqa: E402
-from miras_ref.config import MirasConfig  # noqa: E402
+from miras_ref.bias import LpBias  # noqa: E402
 from miras_ref.memory import MatrixMemory  # noqa: E402
-from miras_ref.retention import KLRetention, L2Retention, LqRetention  # noqa: E402
+from miras_ref.retention import LqRetention  # noqa: E402
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
-
-
-def _matrix(d, bias, retention, lag=False):
-    return MirasConfig("test", MatrixMemory(d, d), bias, retention, GD(),
-                       {"eta": 0.1, "alpha": 0.9}, lag_token=lag)
-
-
-def cases(d: int) -> dict:
-    """name: (config, channel-wise delta) — the configurations of tests/test_triton.py."""
-    return {
-        "deltanet": (zoo.deltanet(d), False),
-        "gated_deltanet": (zoo.gated_deltanet(d), False),
-        "mamba2_dot": (zoo.mamba2(d), False),
-        "lp_smooth_decayed": (_matrix(d, LpBias(3.0), L2Retention("decayed")), False),
-        "lp_exact": (_matrix(d, LpBias(3.0, smooth=False), L2Retention()), False),
-        "huber_smooth_cw": (_matrix(d, HuberMixtureBias(), L2Retention()), True),
-        "huber_exact_token": (_matrix(d, HuberMixtureBias(smooth=False),
-                                      L2Retention("decayed")), False),
-        "lq_simplified": (_matrix(d, LpBias(3.0), LqRetention(4.0)), False),
-        "lq_exact": (_matrix(d, L2Bias(), LqRetention(1.5, "exact")), False),
-        "kl_row": (_matrix(d, L2Bias(), KLRetention(c=1.0)), False),
-        "kl_all_lag": (_matrix(d, L2Bias(), KLRetention(c=2.0, axis=None), lag=True), False),
-        "yaad": (zoo.yaad(d), False),
-        "moneta": (zoo.moneta(d), False),
-        "memora": (zoo.memora(d), False),
-    }
-
-
-def make_inputs(cfg, b, t, h, cw_delta, seed, device):
-    g = torch.Generator().manual_seed(seed)
-    d_k, d_v = cfg.memory.d_k, cfg.memory.d_v
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, dtype=torch.float64)
-
-    q = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
-    k = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
-    v = randn(b, t, h, d_v)
-    gates = {}
-    for name in cfg.required_gates:
-        u = rand(b, t, h)
-        gates[name] = {"eta": 0.1 + 0.5 * u, "alpha": 0.85 + 0.15 * u, "delta": 0.3 + u}[name]
-    if cw_delta:
-        gates["delta"] = 0.3 + rand(b, t, h, d_v)
-    default = cfg.memory.default_state(b, h)
-    scale = 0.3 if isinstance(cfg.memory, MatrixMemory) else 0.05
-    init = {n: torch.as_tensor(a) + scale * randn(*a.shape) for n, a in default.items()}
-    dev = lambda x: x.to(device)  # noqa: E731
-    return dev(q), dev(k), dev(v), {n: dev(a) for n, a in gates.items()}, {
-        n: dev(a) for n, a in init.items()}
 
 
 def _sync(device):
@@ -147,8 +93,8 @@ def _grads(op, cfg, q, k, v, gates, init, dtype, chunk, cot_seed, **kw):
 def check_case(name, cfg, cw, dtype, size, device):
     """One configuration at one dtype: the errors and whether they pass."""
     b, t, h, chunk = size
-    q, k, v, gates, init = make_inputs(cfg, b, t, h, cw, seed=zlib.crc32(name.encode()) % 1000,
-                                      device=device)
+    q, k, v, gates, init = kernel_inputs(cfg, t, cw, seed=zlib.crc32(name.encode()) % 1000,
+                                         b=b, h=h, device=device)
     if dtype == torch.bfloat16:  # gold sees the same bf16-rounded inputs
         q, k, v = (x.to(torch.bfloat16).double() for x in (q, k, v))
     t0 = time.perf_counter()
@@ -287,31 +233,30 @@ def run_correctness(report, device, budget, dry_run=False):
     tchunked.POISON_BUFFERS = True
     try:
         for title, d, size, dtype, only in plan:
-            if True:
-                results = []
-                for name, (cfg, cw) in cases(d).items():
-                    if only is not None and name not in only:
-                        continue
-                    if report.elapsed() > budget:
-                        results.append(dict(name=name, dtype=str(dtype), d=d, size=size,
-                                            error="skipped (time budget)"))
-                        continue
-                    try:
-                        r = check_case(name, cfg, cw, dtype, size, device)
-                    except Exception as exc:
-                        traceback.print_exc()
-                        r = dict(name=name, dtype=str(dtype), d=d, size=size,
-                                 error=f"{type(exc).__name__}: {str(exc)[:200]}")
-                    results.append(r)
-                    status = ("skipped" if "error" in r and "skipped" in r["error"] else
-                              "ERROR" if "error" in r else ("pass" if r["ok"] else "FAIL"))
-                    print(f"[{report.elapsed():6.0f}s] {title} {dtype} {name}: {status}",
-                          flush=True)
-                failed += sum(1 for r in results if not r.get("ok") and
-                              "skipped" not in r.get("error", ""))
-                all_results += results
-                report.add(correctness_table(
-                    results, f"Correctness: {title}, {str(dtype).replace('torch.', '')}"))
+            results = []
+            for name, (cfg, cw) in kernel_cases(d).items():
+                if only is not None and name not in only:
+                    continue
+                if report.elapsed() > budget:
+                    results.append(dict(name=name, dtype=str(dtype), d=d, size=size,
+                                        error="skipped (time budget)"))
+                    continue
+                try:
+                    r = check_case(name, cfg, cw, dtype, size, device)
+                except Exception as exc:
+                    traceback.print_exc()
+                    r = dict(name=name, dtype=str(dtype), d=d, size=size,
+                             error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                results.append(r)
+                status = ("skipped" if "error" in r and "skipped" in r["error"] else
+                          "ERROR" if "error" in r else ("pass" if r["ok"] else "FAIL"))
+                print(f"[{report.elapsed():6.0f}s] {title} {dtype} {name}: {status}",
+                      flush=True)
+            failed += sum(1 for r in results if not r.get("ok") and
+                          "skipped" not in r.get("error", ""))
+            all_results += results
+            report.add(correctness_table(
+                results, f"Correctness: {title}, {str(dtype).replace('torch.', '')}"))
     finally:
         tchunked.POISON_BUFFERS = False
     return failed
@@ -329,7 +274,8 @@ def run_stress(report, device, budget, dry_run=False) -> int:
     failed = 0
     d = 16 if dry_run else 64
     configs = {"moneta(p=4, q=4), MLP": zoo.moneta(d, p=4.0),
-               "matrix ℓp(p=4) + ℓq(q=4)": _matrix(d, LpBias(4.0), LqRetention(4.0))}
+               "matrix ℓp(p=4) + ℓq(q=4)": gd_config(MatrixMemory(d, d), LpBias(4.0),
+                                                     LqRetention(4.0))}
     dtype = torch.float32 if dry_run else torch.bfloat16
     for name, cfg in configs.items():
         if report.elapsed() > budget:

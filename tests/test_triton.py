@@ -32,6 +32,7 @@ try:
     from miras_gpu.triton import chunked as tchunked  # noqa: E402
     from miras_gpu.triton import matrix as _matrix_kernels  # noqa: E402, F401
     from miras_gpu.triton import mlp as _mlp_kernels  # noqa: E402, F401
+    from miras_gpu.triton.cases import kernel_cases, kernel_inputs  # noqa: E402
 finally:
     # the rest of the session (the registry, the conformance suite) must not see the flag;
     # the fixture below sets it again while this module's tests run
@@ -41,10 +42,10 @@ finally:
         os.environ["TRITON_INTERPRET"] = _PREVIOUS
 from miras_ref import zoo  # noqa: E402
 from miras_ref.algorithms import GD  # noqa: E402
-from miras_ref.bias import HuberMixtureBias, L2Bias, LpBias  # noqa: E402
+from miras_ref.bias import LpBias  # noqa: E402
 from miras_ref.config import MirasConfig  # noqa: E402
-from miras_ref.memory import MatrixMemory, MLPMemory  # noqa: E402
-from miras_ref.retention import KLRetention, L2Retention, LqRetention  # noqa: E402
+from miras_ref.memory import MatrixMemory  # noqa: E402
+from miras_ref.retention import LqRetention  # noqa: E402
 
 T, CHUNK, D = 37, 16, 16
 #: float32 against float64, relative in norm
@@ -68,58 +69,16 @@ def _poisoned_single_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
-def _matrix(bias, retention, lag=False, d=D):
-    return MirasConfig("test", MatrixMemory(d, d), bias, retention, GD(),
-                       {"eta": 0.1, "alpha": 0.9}, lag_token=lag)
-
-
+#: cases whose gradients come from the torch recomputation, not a backward kernel
+TORCH_BACKWARD = {"lq_simplified", "lq_exact", "kl_row", "kl_all_lag", "moneta", "memora"}
 #: name: (config, channel-wise delta, which backward runs)
-CASES = {
-    "deltanet": (zoo.deltanet(D), False, "triton"),
-    "gated_deltanet": (zoo.gated_deltanet(D), False, "triton"),
-    "mamba2_dot": (zoo.mamba2(D), False, "triton"),
-    "lp_smooth_decayed": (_matrix(LpBias(3.0), L2Retention("decayed")), False, "triton"),
-    "lp_exact": (_matrix(LpBias(3.0, smooth=False), L2Retention()), False, "triton"),
-    "huber_smooth_cw": (_matrix(HuberMixtureBias(), L2Retention()), True, "triton"),
-    "huber_exact_token": (_matrix(HuberMixtureBias(smooth=False), L2Retention("decayed")),
-                          False, "triton"),
-    "lq_simplified": (_matrix(LpBias(3.0), LqRetention(4.0)), False, "torch"),
-    "lq_exact": (_matrix(L2Bias(), LqRetention(1.5, "exact")), False, "torch"),
-    "kl_row": (_matrix(L2Bias(), KLRetention(c=1.0)), False, "torch"),
-    "kl_all_lag": (_matrix(L2Bias(), KLRetention(c=2.0, axis=None), lag=True), False, "torch"),
-    "yaad": (zoo.yaad(D), False, "triton"),
-    "mlp_lp_decayed": (MirasConfig("test", MLPMemory(D), LpBias(3.0), L2Retention("decayed"),
-                                   GD(), {"eta": 0.1, "alpha": 0.9}), False, "triton"),
-    "moneta": (zoo.moneta(D), False, "torch"),
-    "memora": (zoo.memora(D), False, "torch"),
-}
+CASES = {name: (cfg, cw, "torch" if name in TORCH_BACKWARD else "triton")
+         for name, (cfg, cw) in kernel_cases(D).items()}
 
 
-def make_inputs(cfg, t=T, cw_delta=False, seed=0, b=1, h=2):
-    """float64 inputs: ℓ2-normalised q, k (as the MIRAS layer), gates inside their ranges,
-    and a random initial state near the default one."""
-    g = torch.Generator().manual_seed(seed)
-    d_k, d_v = cfg.memory.d_k, cfg.memory.d_v
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, dtype=torch.float64)
-
-    q = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
-    k = torch.nn.functional.normalize(randn(b, t, h, d_k), dim=-1)
-    v = randn(b, t, h, d_v)
-    gates = {}
-    for name in cfg.required_gates:
-        u = rand(b, t, h)
-        gates[name] = {"eta": 0.1 + 0.5 * u, "alpha": 0.85 + 0.15 * u, "delta": 0.3 + u}[name]
-    if cw_delta:
-        gates["delta"] = 0.3 + rand(b, t, h, d_v)
-    default = cfg.memory.default_state(b, h)
-    scale = 0.3 if isinstance(cfg.memory, MatrixMemory) else 0.05
-    init = {n: torch.as_tensor(a) + scale * randn(*a.shape) for n, a in default.items()}
-    return q, k, v, gates, init
+def make_inputs(cfg, t=T, **kwargs):
+    """:func:`miras_gpu.triton.cases.kernel_inputs`, ``T`` tokens by default."""
+    return kernel_inputs(cfg, t, **kwargs)
 
 
 def err(mine, gold) -> float:
