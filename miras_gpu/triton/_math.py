@@ -80,6 +80,16 @@ def gelu_grad2(x):
 
 
 @triton.jit
+def huber_switch(e, delta, DELTA_CW: tl.constexpr):
+    """Eq 16's branch: ``(small, δ)`` broadcast against ``e [BC, BD]``; ``small`` where
+    ``|e| <= δ`` per channel (``DELTA_CW``) or ``‖e‖ <= δ`` per token."""
+    if DELTA_CW:
+        return tl.abs(e) <= delta, delta
+    else:
+        return (tl.sqrt(tl.sum(e * e, axis=1)) <= delta)[:, None], delta[:, None]
+
+
+@triton.jit
 def bias_grad(e, v, delta, BIAS: tl.constexpr, DELTA_CW: tl.constexpr, P, SHARP, EPS):
     """``∇_y L(y; v)`` with ``e = y - v`` for the supported biases (Eq 9, 11, 16).
 
@@ -95,12 +105,7 @@ def bias_grad(e, v, delta, BIAS: tl.constexpr, DELTA_CW: tl.constexpr, P, SHARP,
     elif BIAS == 3:  # ℓp exact (Eq 11): p Sign(e) |e|^{p-1}
         g = P * sign(e) * powabs(e, P - 1.0)
     else:  # Huber mixture (Eq 16): e if small else δ Sign(e)
-        if DELTA_CW:
-            small = tl.abs(e) <= delta
-            d = delta
-        else:
-            small = (tl.sqrt(tl.sum(e * e, axis=1)) <= delta)[:, None]
-            d = delta[:, None]
+        small, d = huber_switch(e, delta, DELTA_CW)
         if BIAS == 4:
             sg = tanh(SHARP * e)
         else:
@@ -139,12 +144,7 @@ def bias_grad_bwd(e, gd, delta, BIAS: tl.constexpr, DELTA_CW: tl.constexpr, P, S
         ge = gd * P * (P - 1.0) * powabs(e, P - 2.0)
         gv = -ge
     else:
-        if DELTA_CW:
-            small = tl.abs(e) <= delta
-            d = delta
-        else:
-            small = (tl.sqrt(tl.sum(e * e, axis=1)) <= delta)[:, None]
-            d = delta[:, None]
+        small, d = huber_switch(e, delta, DELTA_CW)
         if BIAS == 4:
             sg = tanh(SHARP * e)
             ge = tl.where(small, gd, gd * d * SHARP * (1.0 - sg * sg))
