@@ -262,8 +262,10 @@ def test_cuda_graphs_with_checkpoint_is_a_clear_error():
 
 
 def test_cuda_graphs_of_the_loop_need_cuda():
-    cfg, inp, t = _inputs("yaad", (1, 10, 2, 8), dtype=torch.float32, requires_grad=True,
-                          expansion=2)
+    """CPU tensors with compile_chunks="graphs" are refused, with and without gradients (also
+    on a machine that has a GPU)."""
+    cfg, inp, _ = _inputs("yaad", (1, 10, 2, 8), dtype=torch.float32, expansion=2)
+    t = conf._to_torch(inp, torch.float32, "cpu", True)
     for grad in (True, False):
         with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="needs CUDA"):
             miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=4,
