@@ -261,6 +261,17 @@ def test_cuda_graphs_with_checkpoint_is_a_clear_error():
                                compile_chunks="reduce-overhead")
 
 
+def test_cuda_graphs_of_the_loop_need_cuda():
+    """CPU tensors with compile_chunks="graphs" are refused, with and without gradients (also
+    on a machine that has a GPU)."""
+    cfg, inp, _ = _inputs("yaad", (1, 10, 2, 8), dtype=torch.float32, expansion=2)
+    t = conf._to_torch(inp, torch.float32, "cpu", True)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="needs CUDA"):
+            miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=4,
+                                   backend="torch", compile_chunks="graphs")
+
+
 def test_compile_chunks_many_variants_on_cpu():
     """``compile_chunks`` (a cached torch.compile of the chunk step) stays correct across
     configurations, grad modes and a partial last chunk: more variants than dynamo's default
@@ -278,13 +289,23 @@ def test_compile_chunks_many_variants_on_cpu():
 
 @needs_cuda
 @pytest.mark.parametrize(("how", "checkpoint"),
-                         [(True, False), (True, True), ("reduce-overhead", False)])
+                         [(True, False), (True, True), ("reduce-overhead", False),
+                          ("graphs", False), ("graphs", True)])
 @pytest.mark.parametrize("model", ["memora", "yaad"])
 def test_compile_chunks_option_cuda(model, how, checkpoint):
     """``compile_chunks`` (a cached torch.compile of the chunk step; "reduce-overhead" replays
-    it as CUDA graphs), with and without checkpointing, matches eager: values and gradients."""
+    each chunk as a CUDA graph, "graphs" the whole loop), with and without checkpointing,
+    matches eager: values and gradients. "graphs" is checked on a replay with fresh inputs,
+    after the capture on other ones."""
     cfg, inp, t = _inputs(model, (2, 40, 2, 16), dtype=torch.float32, requires_grad=True,
                           expansion=2)
+    if how == "graphs":
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
+                                      initial_state=t["initial_state"], output_final_state=True,
+                                      compile_chunks=how, checkpoint=checkpoint)
+        _flat_grads(t, [y, *s.values()])
+        t = conf._to_torch(conf.make_inputs(cfg, model, (2, 40, 2, 16), 1), torch.float32,
+                           DEVICE, True)
     res = []
     for compiled in (False, how):
         y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,

@@ -302,9 +302,12 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     compile_chunks : bool or str
         Run each chunk through a cached ``torch.compile`` of the chunk step
         (:func:`compiled_chunk_fn`; ``True`` is inductor, a string is an inductor mode of
-        :data:`COMPILE_MODES` such as ``"reduce-overhead"`` (CUDA graphs) or a
-        ``torch.compile`` backend name): fewer kernel launches, the same values up to float
-        rounding. The first call per configuration and shape pays the compilation.
+        :data:`COMPILE_MODES` such as ``"reduce-overhead"`` (each chunk replayed as a CUDA
+        graph) or a ``torch.compile`` backend name): fewer kernel launches, the same values up
+        to float rounding. ``"graphs"`` (CUDA only) captures the whole loop over chunks,
+        forward and backward, as two CUDA graphs per call shape
+        (:mod:`miras_gpu.torch.graphed`). The first call per configuration and shape pays the
+        compilation (and capture).
     """
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
@@ -323,10 +326,22 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         raise ValueError("compile_chunks='reduce-overhead' cannot be combined with "
                          "checkpoint=True: recomputing a chunk in the backward pass replays "
                          "its CUDA graph and overwrites outputs that autograd still holds; use "
-                         "compile_chunks=True with checkpoint=True")
+                         "compile_chunks='graphs' or True with checkpoint=True")
     inp = validate_inputs(config, q, k, v, gates)
     z = initial_memory_state(config, initial_state, inp,
                                  lambda: default_state(config, inp))
+    if compile_chunks == "graphs":
+        tensors = [inp.q, inp.k, inp.v, *inp.gates.values(), *z.values()]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            from .graphed import graphed_chunked_forward
+
+            y, z = graphed_chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z,
+                                           chunk_size, checkpoint)
+            return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)
+        if inp.q.device.type != "cuda":
+            raise ValueError(f"compile_chunks='graphs' captures CUDA graphs and needs CUDA "
+                             f"tensors; q is on {inp.q.device}")
+        compile_chunks = "reduce-overhead"  # without gradients: one graph per chunk
     y, z = chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z, chunk_size, checkpoint,
                            compile_chunks)
     return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)

@@ -1,0 +1,66 @@
+"""The whole chunk loop of one call shape replayed as two CUDA graphs (forward and backward).
+
+With the paper's chunk form (Eq 28-32) the chunks of a sequence run one after another, and each
+chunk is tens of small kernels on ``B·H`` small matrices. On a GPU the launches, not the
+arithmetic, then set the speed: compiling the chunk step fuses its kernels, and replaying each
+chunk as its own CUDA graph (``compile_chunks="reduce-overhead"``) still pays Python and
+guard overhead once per chunk. Here :func:`torch.cuda.make_graphed_callables` captures the
+whole loop, compiled chunk steps included, once per call shape; a call then copies its inputs
+into the graph's static inputs and replays one forward graph, and its backward replays one
+backward graph. The values are those of :func:`miras_gpu.torch.chunked.chunked_forward`.
+
+The cost: one capture (and compilation) per distinct shape, dtype and ``requires_grad``
+pattern, and the graph keeps its activations in a private memory pool for as long as it is
+cached (:func:`clear_graphs` frees them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .chunked import chunked_forward
+
+_GRAPHED: dict[tuple, tuple] = {}
+
+
+def clear_graphs() -> None:
+    """Drop every captured graph (and the memory its pool holds)."""
+    _GRAPHED.clear()
+
+
+def _signature(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), t.dtype, t.device, t.requires_grad
+
+
+def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
+                            checkpoint: bool = False):
+    """:func:`~miras_gpu.torch.chunked.chunked_forward` through a cached CUDA-graph capture.
+
+    Same arguments and returns (``q, k [B, H, T, d_k]``, ``v [B, H, T, d_v]``, gates
+    ``[B, H, T, ...]``, state ``z``; returns ``(y [B, H, T, d_v], final state)``), on CUDA
+    tensors. The returned tensors are copies: the next replay overwrites the graph's outputs.
+    """
+    if q.device.type != "cuda":
+        raise ValueError(f"compile_chunks='graphs' captures CUDA graphs and needs CUDA tensors; "
+                         f"q is on {q.device}")
+    gate_names, state_names = sorted(gates), list(z)
+    flat = [q, k, v, *(gates[n] for n in gate_names), *(z[n] for n in state_names)]
+    key = (id(config), chunk_size, checkpoint, tuple(gate_names), tuple(state_names),
+           tuple(_signature(t) for t in flat))
+    entry = _GRAPHED.get(key)
+    if entry is None or entry[0] is not config:
+        n_gates = len(gate_names)
+
+        def loop(*args):
+            gs = dict(zip(gate_names, args[3:3 + n_gates]))
+            zs = dict(zip(state_names, args[3 + n_gates:]))
+            y, zt = chunked_forward(config, *args[:3], gs, zs, chunk_size, checkpoint,
+                                    compile_chunks=True)
+            return (y, *(zt[n] for n in state_names))
+
+        # the capture reads its static inputs from these (contiguous: inputs are copied in)
+        samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in flat)
+        entry = (config, torch.cuda.make_graphed_callables(loop, samples))
+        _GRAPHED[key] = entry
+    outs = entry[1](*flat)
+    return outs[0].clone(), {n: o.clone() for n, o in zip(state_names, outs[1:])}
