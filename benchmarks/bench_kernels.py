@@ -376,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sweep", action="store_true", help="skip the T-scaling sweep")
     p.add_argument("--sweep-models", default="gated_deltanet,yaad")
     p.add_argument("--sweep-t", default=None, help="comma-separated T values")
-    p.add_argument("--dot-precision", choices=["ieee", "tf32"], default=None,
+    p.add_argument("--dot-precision", choices=["ieee", "tf32x3", "tf32", "bf16"], default=None,
                    help="matrix-product precision of the triton kernels (default: the backend's "
                         "choice, docs/kernels.md)")
     p.add_argument("--time-budget", type=float, default=None,

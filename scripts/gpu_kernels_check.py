@@ -90,15 +90,18 @@ def _grads(op, cfg, q, k, v, gates, init, dtype, chunk, cot_seed, **kw):
     return y, final, dict(zip(names, grads))
 
 
-def check_case(name, cfg, cw, dtype, size, device):
-    """One configuration at one dtype: the errors and whether they pass."""
+def check_case(name, cfg, cw, dtype, size, device, dot_precision=None):
+    """One configuration at one dtype (and, optionally, one ``tl.dot`` precision of the triton
+    backend): the errors and whether they pass."""
     b, t, h, chunk = size
     q, k, v, gates, init = kernel_inputs(cfg, t, cw, seed=zlib.crc32(name.encode()) % 1000,
                                          b=b, h=h, device=device)
     if dtype == torch.bfloat16:  # gold sees the same bf16-rounded inputs
         q, k, v = (x.to(torch.bfloat16).double() for x in (q, k, v))
     t0 = time.perf_counter()
-    my, mf, mg = _grads(triton_ops.scan_chunked, cfg, q, k, v, gates, init, dtype, chunk, 5)
+    kw = {} if dot_precision is None else {"dot_precision": dot_precision}
+    my, mf, mg = _grads(triton_ops.scan_chunked, cfg, q, k, v, gates, init, dtype, chunk, 5,
+                        **kw)
     _sync(device)
     secs = time.perf_counter() - t0
     gy, gf, gg = _grads(torch_ops.scan_chunked, cfg, q, k, v, gates, init, torch.float64,

@@ -27,6 +27,17 @@ GELU_CUBIC = 0.044715
 
 
 @triton.jit
+def mm(a, b, PREC: tl.constexpr):
+    """``a @ b`` accumulated in float32. ``PREC``: ``"ieee"`` (full float32, FMA units),
+    ``"tf32x3"`` (three TF32 tensor-core products, about float32's accuracy), ``"tf32"``, or
+    ``"bf16"`` (both operands rounded to bfloat16, one tensor-core product)."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def tanh(x):
     """``tanh(x)`` without cancellation near 0 (odd Taylor series for ``|x| < 0.1``)."""
     ax = tl.abs(x)

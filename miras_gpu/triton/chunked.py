@@ -38,6 +38,7 @@ once per reason.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -245,23 +246,36 @@ class Launch:
     torch_backward: bool = False
 
 
-def dot_precision(plan: Plan, dtype: torch.dtype, override: str | None = None) -> str:
-    """``tl.dot`` precision: full float32 (``"ieee"``) unless the inputs are 16-bit and the
-    configuration tolerates TF32's 2^-11 rounding.
+#: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
 
-    Measured sensitivity (torch backend, inputs perturbed by 2^-11 relative): matrix memories
-    move by ~5e-4, but Yaad by ~3e-2 (tokens near the switch ‖e‖ = δ of Eq 16 change branch)
-    and Memora by ~1e-2. So TF32 is used for bf16/fp16 inputs on matrix memories without the
-    Huber switch, full float32 everywhere else (``override`` picks either).
+
+def dot_precision(plan: Plan, dtype: torch.dtype, override: str | None = None) -> str:
+    """``tl.dot`` precision of one call.
+
+    float32 inputs: full float32 (``"ieee"``). 16-bit inputs: bf16 operands (float32
+    accumulation) for matrix memories without the Huber switch, else ``"tf32x3"`` (about
+    float32's accuracy on tensor cores). The reason is measured sensitivity: perturbing the
+    inputs by TF32's relative rounding (2^-11) moves the outputs and states of the torch
+    backend by about 5e-4 for Gated DeltaNet, but by 3e-2 for Yaad (tokens near the switch
+    ``‖e‖ = δ`` of Eq 16 change branch) and 1e-2 for Memora; on an H200 plain TF32 gives Yaad
+    gradient errors of 0.3 (docs/kernels.md). ``override`` picks any of
+    :data:`DOT_PRECISIONS`, except ``"bf16"`` for MLP memories: Triton 3.6 builds their
+    backward kernel with bf16 operands into one that faults (an illegal memory access on an
+    H200), so that is refused.
     """
     if override is not None:
-        if override not in ("ieee", "tf32"):
-            raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {override!r}")
+        if override not in DOT_PRECISIONS:
+            raise ValueError(f"dot_precision must be one of {DOT_PRECISIONS}, got {override!r}")
+        if override == "bf16" and plan.kind == "mlp":
+            raise ValueError("dot_precision='bf16' is not available for MLP memories (their "
+                             "backward kernel faults with bf16 operands); use 'tf32x3', "
+                             "'tf32' or 'ieee'")
         return override
     if dtype == torch.float32:
         return "ieee"
     huber = plan.bias in (BIAS_CODES["huber_smooth"], BIAS_CODES["huber_exact"])
-    return "tf32" if plan.kind == "matrix" and not huber else "ieee"
+    return "bf16" if plan.kind == "matrix" and not huber else "tf32x3"
 
 
 def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | None,
@@ -280,9 +294,15 @@ def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | No
     # full-float32 products are unrolled into FMAs: 8 warps halve each thread's share (and
     # the compile time) for 64-wide tiles; head dims of 128 need 8 warps for the state tile
     warps = 8 if big >= 128 or (prec == "ieee" and min(block_c, big) >= 64) else 4
-    return Launch(B, T, H, chunk_size,
-                  torch.tensor(bounds, dtype=torch.int32, device=q.device), len(bounds) - 1,
-                  n_chunks, block_c, prec, warps, _pow2(hidden))
+    return Launch(B, T, H, chunk_size, _device_bounds(tuple(bounds), q.device),
+                  len(bounds) - 1, n_chunks, block_c, prec, warps, _pow2(hidden))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_bounds(bounds: tuple, device: torch.device) -> torch.Tensor:
+    """The segment boundaries as an int32 tensor on ``device``, made once per sequence layout
+    (a fresh host-to-device copy per call costs a synchronising transfer). Read-only."""
+    return torch.tensor(bounds, dtype=torch.int32, device=device)
 
 
 def _bias_args(plan: Plan):
@@ -358,9 +378,11 @@ MLP_WINDOW = 256
 
 
 def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True):
-    """MLP forward. With ``keep_states`` (gradients needed) every segment's start state is
-    kept for the backward; without, the segments run in windows of :data:`MLP_WINDOW`, so
-    the state memory does not grow with ``T``."""
+    """MLP forward: ``(y, final state, start states, dZ)``. With ``keep_states`` (gradients
+    needed) every segment's start state is kept for the backward; without, the segments run
+    in windows of :data:`MLP_WINDOW`, so the state memory does not grow with ``T``. ``dZ
+    [B, T, H, d]`` (float32) is the loss gradient at every token's anchor output, which the
+    backward kernels reuse."""
     from .mlp import mlp_output_kernel, mlp_state_kernel
 
     mem = plan.config.memory
@@ -400,38 +422,56 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]
     final = (s1[:, :, window].clone(), s2[:, :, window].clone())
-    return y, final, (s1[:, :, :-1], s2[:, :, :-1])
+    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), dz
 
 
-def _mlp_backward(plan: Plan, L: Launch, saved, gy, gzt):
-    from .mlp import mlp_backward_kernel
+def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
+    """Gradients of the identity-link MLP forward in two launches: the reads of every segment
+    at once (:func:`~miras_gpu.triton.mlp.mlp_backward_reads_kernel`, grid ``NSEG × B·H``),
+    then the end-state gradient back through the segments
+    (:func:`~miras_gpu.triton.mlp.mlp_backward_state_kernel`, grid ``B·H``). ``dz
+    [B, T, H, d]`` is the forward's ``dZ`` (the loss gradient at every token's anchor
+    output)."""
+    from .mlp import mlp_backward_reads_kernel, mlp_backward_state_kernel
 
     q, k, v, eta, alpha, delta, s1, s2 = saved
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
     dev = q.device
     f32 = torch.float32
-    # hidden blocks of 32: at 64 the kernel needs ~280 KiB of shared memory (H100: 227 KiB)
+    B, T, H = L.B, L.T, L.H
+    # hidden blocks of 32: at 64 the state kernel needs ~280 KiB of shared memory (H100: 227)
     bhid = min(32, L.block_hidden)
     n_blocks = -(-hd // bhid)
     # ping-pong slots of the end-state gradient; slot 0 starts as the final state's gradient
-    g1 = _empty((L.B, L.H, 2, d, hd), f32, dev)
-    g2 = _empty((L.B, L.H, 2, hd, d), f32, dev)
+    g1 = _empty((B, H, 2, d, hd), f32, dev)
+    g2 = _empty((B, H, 2, hd, d), f32, dev)
     for g, gt in ((g1, gzt[0]), (g2, gzt[1])):
         if gt is None:
             g[:, :, 0].zero_()
         else:
             g[:, :, 0] = gt
-    scratch = _empty((L.B, L.H, 2, L.block_c, n_blocks * bhid), f32, dev)
+    scratch = _empty((B, H, 2, L.block_c, n_blocks * bhid), f32, dev)
+    # the read parts, handed from the first kernel to the second
+    gkr, gdzr = _empty((B, T, H, d), f32, dev), _empty((B, T, H, d), f32, dev)
+    gdhr, gactr = _empty((B, T, H, hd), f32, dev), _empty((B, T, H, hd), f32, dev)
+    getar, glbr = _empty((B, T, H), f32, dev), _empty((B, T, H), f32, dev)
+    gz1r = _empty((B, H, L.n_seg, d, hd), f32, dev)
+    gz2r = _empty((B, H, L.n_seg, hd, d), f32, dev)
     gq, gk, gv, geta, galpha, gdelta = _input_grads(q, k, v, eta, alpha, delta)
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
-    mlp_backward_kernel[(L.B * L.H,)](
-        q, k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2,
-        gy, g1, g2, scratch, gq, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
-        L.T, L.H, d, hd, L.n_seg, *_bias_args(plan), float(mem.eps),
-        BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, BC=L.block_c, BD=_pow2(d),
-        BH=bhid, PREC=L.prec, num_warps=8 if L.block_c >= 64 else L.num_warps, num_stages=1)
+    reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
+    consts = dict(DECAYED=plan.decayed, BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
+                  num_warps=8 if L.block_c >= 64 else L.num_warps, num_stages=1)
+    mlp_backward_reads_kernel[(L.n_seg, B * H)](
+        q, k, eta, alpha, L.bounds, s1, s2, dz, gy, gq, *reads,
+        T, H, d, hd, L.n_seg, float(mem.eps), **consts)
+    mlp_backward_state_kernel[(B * H,)](
+        k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2,
+        g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
+        T, H, d, hd, L.n_seg, *_bias_args(plan), float(mem.eps),
+        BIAS=plan.bias, DELTA_CW=cw, **consts)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])
 
@@ -496,11 +536,11 @@ class ChunkedScan(torch.autograd.Function):
             y, zt, states = _matrix_forward(plan, launch, q, k, v, eta, alpha, delta, z0)
         else:
             keep = any(ctx.needs_input_grad)
-            y, zt, states = _mlp_forward(plan, launch, q, k, v, eta, alpha, delta, z0, keep)
-            if not keep:
-                states = ()
+            y, zt, states, dz = _mlp_forward(plan, launch, q, k, v, eta, alpha, delta, z0,
+                                             keep)
+            # the backward kernels reuse dZ; the torch recomputation does not
+            states = (*states, dz) if keep else ()
         ctx.plan, ctx.launch = plan, launch
-        ctx.n_state = len(z0)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, eta, alpha, delta, *states)
         return (y, *zt)
@@ -509,13 +549,16 @@ class ChunkedScan(torch.autograd.Function):
     def backward(ctx, gy, *gzt):
         plan, launch = ctx.plan, ctx.launch
         saved = ctx.saved_tensors
+        dz = None
+        if plan.kind == "mlp":
+            *saved, dz = saved
         out = None
         if plan.triton_backward and not launch.torch_backward:
             try:
                 if plan.kind == "matrix":
                     out = _matrix_backward(plan, launch, saved, gy, gzt[0])
                 else:
-                    out = _mlp_backward(plan, launch, saved, gy, gzt)
+                    out = _mlp_backward(plan, launch, saved, dz, gy, gzt)
             except OutOfResources as exc:  # e.g. a chunk of 128 with d = 128
                 _note(f"the backward kernel does not fit this device ({exc}); the gradients "
                       "are recomputed with torch")
@@ -541,9 +584,9 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     backward : ``"auto"`` or ``"torch"``
         ``"torch"`` forces the chunk-by-chunk torch recomputation for the gradients even where
         the hand-written backward kernel exists (to check one against the other).
-    dot_precision : ``None``, ``"ieee"`` or ``"tf32"``
-        Precision of the kernels' matrix products (:func:`dot_precision` picks by default:
-        TF32 only for 16-bit inputs on matrix memories without the Huber switch).
+    dot_precision : ``None`` or one of :data:`DOT_PRECISIONS`
+        Precision of the kernels' matrix products (``None``: :func:`dot_precision` picks by
+        the inputs' dtype and the configuration).
     **torch_options
         Passed to the torch backend when a call falls back to it (``checkpoint``, ...).
 

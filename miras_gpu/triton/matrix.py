@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._math import bias_grad, bias_grad_bwd, delta_tile, link, segment_tiles
+from ._math import bias_grad, bias_grad_bwd, delta_tile, link, mm, segment_tiles
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -71,7 +71,7 @@ def matrix_state_kernel(
             a = tl.load(alpha_ptr + (b * T + s0) * H + h) * z
         else:
             a = link(z, zmask, LINK, LQ, KLC)
-        yk = tl.dot(kt, tl.trans(a), input_precision=PREC)
+        yk = mm(kt, tl.trans(a), PREC)
         dy = bias_grad(yk - vt, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS)
         ymask = mt[:, None] & (rv < DV)[None, :]
         dy = tl.where(ymask, dy, 0.0)
@@ -80,7 +80,7 @@ def matrix_state_kernel(
         lb = tl.cumsum(la, axis=0)
         lbl = tl.sum(tl.where(rc == s1 - s0 - 1, lb, 0.0), axis=0)
         w = eta * tl.exp(lbl - lb)
-        z = tl.exp(lbl) * z - tl.dot(tl.trans(dy * w[:, None]), kt, input_precision=PREC)
+        z = tl.exp(lbl) * z - mm(tl.trans(dy * w[:, None]), kt, PREC)
     tl.store(zt_ptr + bh * DV * DK + zoff, z, mask=zmask)
 
 
@@ -117,9 +117,9 @@ def matrix_output_kernel(
         mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
         mask = mask * eta[None, :]
         # Y = E ⊙ (Q Z0ᵀ) - (M ⊙ Q Kᵀ) dY: the read of Z_t without forming it
-        scores = tl.dot(qt, tl.trans(kt), input_precision=PREC) * mask
-        y = tl.exp(lb)[:, None] * tl.dot(qt, tl.trans(z0), input_precision=PREC)
-        y = y - tl.dot(scores, dy, input_precision=PREC)
+        scores = mm(qt, tl.trans(kt), PREC) * mask
+        y = tl.exp(lb)[:, None] * mm(qt, tl.trans(z0), PREC)
+        y = y - mm(scores, dy, PREC)
         tl.store(y_ptr + tok[:, None] * DV + rv[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=ymask)
     else:
@@ -162,7 +162,7 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     else:
         s_anchor = 1.0
     a = s_anchor * z0
-    e = tl.dot(kt, tl.trans(a), input_precision=PREC) - vt
+    e = mm(kt, tl.trans(a), PREC) - vt
     dy = tl.where(vmask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
     lb = tl.cumsum(tl.log(alpha), axis=0)
     last = rc == s1 - s0 - 1
@@ -170,7 +170,7 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
     dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
     mask = dec * eta[None, :]
-    pqk = tl.dot(qt, tl.trans(kt), input_precision=PREC)
+    pqk = mm(qt, tl.trans(kt), PREC)
     el = tl.exp(lb)
     wl = tl.exp(lbl - lb)
     return (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
@@ -214,14 +214,14 @@ def matrix_backward_state_kernel(
                               s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
                               BC, BK, BV, PREC)
         w = eta * wl
-        kgz = tl.dot(kt, tl.trans(gz), input_precision=PREC)  # [BC, BV]
-        gdy = -tl.dot(tl.trans(pqk * mask), gy, input_precision=PREC) - w[:, None] * kgz
+        kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
+        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
         ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
         vmask = (s0 + tl.arange(0, BC) < s1)[:, None] & (rv < DV)[None, :]
         ge = tl.where(vmask, ge, 0.0)
-        ga = tl.dot(tl.trans(ge), kt, input_precision=PREC)  # [BV, BK]
+        ga = mm(tl.trans(ge), kt, PREC)  # [BV, BK]
         # the gradient of the segment's start state is the previous segment's end gradient
-        gz = (tl.dot(tl.trans(gy * el[:, None]), qt, input_precision=PREC)
+        gz = (mm(tl.trans(gy * el[:, None]), qt, PREC)
               + tl.exp(lbl) * gz + s_anchor * ga)
     tl.store(gz0_ptr + bh * DV * DK + zoff, gz, mask=zmask)
 
@@ -266,20 +266,20 @@ def matrix_backward_kernel(
                           s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
                           BC, BK, BV, PREC)
     w = eta * wl
-    kgz = tl.dot(kt, tl.trans(gz), input_precision=PREC)  # [BC, BV]
-    gdy = -tl.dot(tl.trans(pqk * mask), gy, input_precision=PREC) - w[:, None] * kgz
+    kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
+    gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
     ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
     ge = tl.where(vmask, ge, 0.0)
-    gmp = -tl.dot(gy, tl.trans(dy), input_precision=PREC)  # ∂L/∂(M ⊙ P)
+    gmp = -mm(gy, tl.trans(dy), PREC)  # ∂L/∂(M ⊙ P)
     gp = gmp * mask
     gm = gmp * pqk
-    gq = tl.dot(gp, kt, input_precision=PREC)
-    gq += el[:, None] * tl.dot(gy, z0, input_precision=PREC)
+    gq = mm(gp, kt, PREC)
+    gq += el[:, None] * mm(gy, z0, PREC)
     tl.store(gq_ptr + tok[:, None] * DK + rk[None, :], gq.to(gq_ptr.dtype.element_ty),
              mask=kmask)
-    gk = tl.dot(tl.trans(gp), qt, input_precision=PREC)
-    gk -= w[:, None] * tl.dot(dy, gz, input_precision=PREC)
-    gk += tl.dot(ge, a, input_precision=PREC)
+    gk = mm(tl.trans(gp), qt, PREC)
+    gk -= w[:, None] * mm(dy, gz, PREC)
+    gk += mm(ge, a, PREC)
     tl.store(gk_ptr + tok[:, None] * DK + rk[None, :], gk.to(gk_ptr.dtype.element_ty),
              mask=kmask)
     tl.store(gv_ptr + tok[:, None] * DV + rv[None, :], gv.to(gv_ptr.dtype.element_ty),
@@ -288,7 +288,7 @@ def matrix_backward_kernel(
     gw = -tl.sum(dy * kgz, axis=1)
     geta = tl.sum(gm * dec, axis=0) + gw * wl
     gmm = gm * mask
-    qz = tl.dot(qt, tl.trans(z0), input_precision=PREC)
+    qz = mm(qt, tl.trans(z0), PREC)
     glb = tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0) + el * tl.sum(gy * qz, axis=1)
     glb = glb - gw * w
     end = tl.exp(lbl) * tl.sum(tl.sum(gz * z0, axis=1), axis=0) + tl.sum(gw * w, axis=0)
@@ -296,7 +296,7 @@ def matrix_backward_kernel(
     gla = tl.sum(glb, axis=0) - tl.cumsum(glb, axis=0) + glb  # Σ_{t >= j} glb_t
     galpha = gla / alpha
     if DECAYED:  # the anchor α_{t'+1} Z0
-        ga = tl.dot(tl.trans(ge), kt, input_precision=PREC)
+        ga = mm(tl.trans(ge), kt, PREC)
         galpha = tl.where(rc == 0, galpha + tl.sum(tl.sum(ga * z0, axis=1), axis=0), galpha)
     tl.store(geta_ptr + tok, geta, mask=mt)
     tl.store(galpha_ptr + tok, galpha, mask=mt)

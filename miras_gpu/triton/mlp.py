@@ -38,6 +38,7 @@ from ._math import (
     gelu_grad2,
     inv_pow_norm,
     link,
+    mm,
     qnorm_update,
     segment_tiles,
 )
@@ -130,7 +131,7 @@ def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
         m1s = tl.where(m1 == float("-inf"), 0.0, m1)
         a1b = KLC * tl.exp(tl.where(m1k, z1b, float("-inf")) - m1s[:, None])
         a1b = tl.where(m1k, a1b / tl.where(l1 > 0.0, l1, 1.0)[:, None], 0.0)
-    hb = tl.dot(kt, tl.trans(a2b), input_precision=PREC)
+    hb = mm(kt, tl.trans(a2b), PREC)
     act = gelu(hb)
     return z2b, m2, z1b, m1k, hb, act, a1b
 
@@ -190,7 +191,7 @@ def mlp_state_kernel(
             z2b, m2, z1b, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC)
-            zp += tl.dot(act, tl.trans(a1b), input_precision=PREC)
+            zp += mm(act, tl.trans(a1b), PREC)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
@@ -207,9 +208,9 @@ def mlp_state_kernel(
             z2b, m2, z1b, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC)
-            dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
-            z2n = el * z2b - tl.dot(tl.trans(dh * w[:, None]), kt, input_precision=PREC)
-            z1n = el * z1b - tl.dot(tl.trans(dz * w[:, None]), act, input_precision=PREC)
+            dh = mm(dz, a1b, PREC) * gelu_grad(hb)
+            z2n = el * z2b - mm(tl.trans(dh * w[:, None]), kt, PREC)
+            z1n = el * z1b - mm(tl.trans(dz * w[:, None]), act, PREC)
             _store_w2(s2_ptr, base + size, jb * BH, z2n, D, HD, BD, BH)
             _store_w1(s1_ptr, base + size, jb * BH, z1n, D, HD, BD, BH)
         # the next segment reads this slot: make every thread's stores visible
@@ -265,7 +266,7 @@ def mlp_output_kernel(
             z2, m2, z1, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC)
-            dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
+            dh = mm(dz, a1b, PREC) * gelu_grad(hb)
             hid = (jb * BH + tl.arange(0, BH)) < HD
             for i in range(0, n):
                 ti = (b * T + s0 + i) * H + h
@@ -297,7 +298,7 @@ def mlp_output_kernel(
         causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
         mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
         mask = mask * eta[None, :]
-        pm = tl.dot(qt, tl.trans(kt), input_precision=PREC) * mask
+        pm = mm(qt, tl.trans(kt), PREC) * mask
         sct1 = tl.full([BC], 1.0, tl.float32)
         sct2 = tl.full([BC], 1.0, tl.float32)
         if LINK == 1:
@@ -311,7 +312,7 @@ def mlp_output_kernel(
                 z2, m2, z1, m1k, hb, act, a1b = _block(
                     s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                     KLC, BD, BH, PREC)
-                dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
+                dh = mm(dz, a1b, PREC) * gelu_grad(hb)
                 for i in range(0, n):
                     ti = (b * T + s0 + i) * H + h
                     al = tl.load(alpha_ptr + ti)
@@ -338,13 +339,13 @@ def mlp_output_kernel(
             z2b, m2, z1b, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC)
-            dh = tl.dot(dz, a1b, input_precision=PREC) * gelu_grad(hb)
-            hq = el[:, None] * tl.dot(qt, tl.trans(z2b), input_precision=PREC)
-            hq = (hq - tl.dot(pm, dh, input_precision=PREC)) * sct2[:, None]
+            dh = mm(dz, a1b, PREC) * gelu_grad(hb)
+            hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
+            hq = (hq - mm(pm, dh, PREC)) * sct2[:, None]
             aq = gelu(hq)
-            zq0 += tl.dot(aq, tl.trans(z1b), input_precision=PREC)
-            sa += tl.dot(aq, tl.trans(act), input_precision=PREC)
-        zq = el[:, None] * zq0 - tl.dot(sa * mask, dz, input_precision=PREC)
+            zq0 += mm(aq, tl.trans(z1b), PREC)
+            sa += mm(aq, tl.trans(act), PREC)
+        zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
         zq = zq * sct1[:, None]
     zq = tl.where(ymask, zq, 0.0)
     u, _ = _layer_norm(zq, cm, D, LN_EPS)
@@ -360,26 +361,150 @@ def _scratch(scr_ptr, base, which, jb, NBH, BC: tl.constexpr, BH: tl.constexpr):
     return scr_ptr + base + which * BC * NBH + rc[:, None] * NBH + rj[None, :]
 
 
+@triton.jit
+def _hidden_tile(ptr, tok, mt, j0, HD, BH: tl.constexpr):
+    """Offsets and mask of columns ``j0 .. j0+BH`` of a per-token ``[B, T, H, Ed]`` buffer."""
+    rj = j0 + tl.arange(0, BH)
+    return ptr + tok[:, None] * HD + rj[None, :], mt[:, None] & (rj < HD)[None, :]
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
-def mlp_backward_kernel(
-    q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr,
-    gy_ptr, g1_ptr, g2_ptr, scr_ptr,
-    gq_ptr, gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
+def mlp_backward_reads_kernel(
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, gy_ptr,
+    gq_ptr, gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
+    T, H, D, HD, NSEG, LN_EPS,
+    DECAYED: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Gradients through the dual-form reads of one segment (grid ``NSEG × B·H``, every
+    segment at once): everything of the backward that does not depend on the gradient of the
+    segment's end state.
+
+    Recomputes the reads ``Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ``, ``Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P)
+    dH`` from the stored slot and the forward's ``dZ``, then back through ``y = q + LN(Zq)``.
+    Writes ``∂L/∂q`` (final) and the read parts that :func:`mlp_backward_state_kernel` adds
+    to: of ``k`` (``gkr``), ``dZ`` (``gdzr``), ``dH`` and ``Â`` (``gdhr``, ``gactr``, per
+    token over ``Ed``), ``η`` and the log-decays (``getar``, ``glbr``), and the segment's start
+    state (``gz1r``, ``gz2r``, one slot per segment).
+    """
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    NB = tl.cdiv(HD, BH)
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    cm = rd < D
+    size = D * HD
+    base = (bh * (NSEG + 1) + s) * size
+    rbase = (bh * NSEG + s) * size
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    ymask = mt[:, None] & cm[None, :]
+    qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+    eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+    if DECAYED:
+        s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
+    else:
+        s_anchor = 1.0
+    el = tl.exp(lb)
+    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+    dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+    mask = dec * eta[None, :]
+    pqk = mm(qt, tl.trans(kt), PREC)
+    # ---- the dual-form reads
+    zq0 = tl.zeros([BC, BD], dtype=tl.float32)
+    sa = tl.zeros([BC, BC], dtype=tl.float32)
+    for jb in range(0, NB):
+        z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+        z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+        hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
+        act = gelu(hb)
+        dh = mm(dz, s_anchor * z1b, PREC) * gelu_grad(hb)
+        hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
+        aq = gelu(hq - mm(pqk * mask, dh, PREC))
+        zq0 += mm(aq, tl.trans(z1b), PREC)
+        sa += mm(aq, tl.trans(act), PREC)
+    zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
+    zq = tl.where(ymask, zq, 0.0)
+    uq, rstdq = _layer_norm(zq, cm, D, LN_EPS)
+    # ---- back through y = q + LN(Zq) and Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ
+    gzq = rstdq[:, None] * (gy - (tl.sum(gy, axis=1) / D)[:, None]
+                            - uq * (tl.sum(gy * uq, axis=1) / D)[:, None])
+    gzq = tl.where(ymask, gzq, 0.0)
+    gq = gy
+    gr = -mm(gzq, tl.trans(dz), PREC)  # ∂L/∂(M ⊙ S)
+    gs = gr * mask
+    gm = gr * sa
+    gdz = -mm(tl.trans(sa * mask), gzq, PREC)
+    glb = el * tl.sum(gzq * zq0, axis=1)
+    gp = tl.zeros([BC, BC], dtype=tl.float32)
+    for jb in range(0, NB):
+        z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+        z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+        hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
+        act = gelu(hb)
+        dh = mm(dz, s_anchor * z1b, PREC) * gelu_grad(hb)
+        qz2 = mm(qt, tl.trans(z2b), PREC)
+        hq = el[:, None] * qz2 - mm(pqk * mask, dh, PREC)
+        aq = gelu(hq)
+        # the gradient of Aq, then of Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P) dH
+        gaq = el[:, None] * mm(gzq, z1b, PREC) + mm(gs, act, PREC)
+        ghq = gaq * gelu_grad(hq)
+        gq += el[:, None] * mm(ghq, z2b, PREC)
+        glb += el * tl.sum(ghq * qz2, axis=1)
+        gr2 = -mm(ghq, tl.trans(dh), PREC)
+        gp += gr2 * mask
+        gm += gr2 * pqk
+        ptr, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
+        tl.store(ptr, -mm(tl.trans(pqk * mask), ghq, PREC), mask=hm)
+        ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+        tl.store(ptr, mm(tl.trans(gs), aq, PREC), mask=hm)
+        # the start state's share: Z1 in E ⊙ (Aq Z1ᵀ), Z2 in E ⊙ (Q Z2ᵀ)
+        _store_w1(gz1r_ptr, rbase, jb * BH, mm(tl.trans(gzq * el[:, None]), aq, PREC),
+                  D, HD, BD, BH)
+        _store_w2(gz2r_ptr, rbase, jb * BH, mm(tl.trans(ghq * el[:, None]), qt, PREC),
+                  D, HD, BD, BH)
+    # ---- P = Q Kᵀ and the gates' read parts
+    gq += mm(gp, kt, PREC)
+    gmm = gm * mask
+    glb += tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0)
+    tl.store(gq_ptr + tok[:, None] * D + rd[None, :], gq.to(gq_ptr.dtype.element_ty),
+             mask=ymask)
+    tl.store(gkr_ptr + tok[:, None] * D + rd[None, :], mm(tl.trans(gp), qt, PREC), mask=ymask)
+    tl.store(gdzr_ptr + tok[:, None] * D + rd[None, :], gdz, mask=ymask)
+    tl.store(getar_ptr + tok, tl.sum(gm * dec, axis=0), mask=mt)
+    tl.store(glbr_ptr + tok, glb, mask=mt)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def mlp_backward_state_kernel(
+    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr,
+    g1_ptr, g2_ptr, scr_ptr,
+    gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
+    gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
     T, H, D, HD, NSEG,
     P, SHARP, EPS, LN_EPS,
     BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Gradients of the identity-link MLP forward, segments in reverse (grid ``B·H``).
+    """The rest of the identity-link MLP backward, segments in reverse (grid ``B·H``): the
+    gradient of each segment's end state flows back through the chunk-end updates
+    ``Z_end = E_C Z0 - (w ⊙ G)ᵀ X`` and the forward at the anchor (including the second-order
+    terms of ``dZ = LN'ᵀ dY`` and ``dH = (dZ A1) ⊙ σ'(H)``) to the segment's start state,
+    adding the read parts of :func:`mlp_backward_reads_kernel`.
 
-    Per segment: recompute the forward (anchor pass F1, reads F2) from the stored slot, then
-    back through ``y = q + LN(Zq)``, the two dual-form reads, the chunk-end updates and the
-    forward at the anchor (including the second-order terms of ``dZ = LN'ᵀ dY`` and
-    ``dH = (dZ A1) ⊙ σ'(H)``). The end-state gradient ``gZ`` lives in the ping-pong slots
-    ``g1 [B, H, 2, d, Ed]``, ``g2 [B, H, 2, Ed, d]`` (slot 0 holds the final state's gradient
-    on entry; the initial state's gradient is in slot ``NSEG % 2`` at the end); two
-    ``[BC, Ed]`` scratch tiles per program carry per-block partial gradients from the first
-    backward pass over the hidden blocks to the second.
+    The end-state gradient ``gZ`` lives in the ping-pong slots ``g1 [B, H, 2, d, Ed]``,
+    ``g2 [B, H, 2, Ed, d]`` (slot 0 holds the final state's gradient on entry; the initial
+    state's gradient is in slot ``NSEG % 2`` at the end); two ``[BC, Ed]`` scratch tiles per
+    program carry per-block partial gradients from the first pass over the hidden blocks to
+    the second.
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -394,6 +519,7 @@ def mlp_backward_kernel(
     for r in range(0, NSEG):
         s = NSEG - 1 - r
         base = (bh * (NSEG + 1) + s) * size
+        rbase = (bh * NSEG + s) * size
         gin = (bh * 2 + r % 2) * size
         gout = (bh * 2 + (r + 1) % 2) * size
         s0 = tl.load(bounds_ptr + s)
@@ -402,10 +528,8 @@ def mlp_backward_kernel(
         mt = t < s1
         tok = (b * T + t) * H + h
         ymask = mt[:, None] & cm[None, :]
-        qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
         vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
         eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
         alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
@@ -413,57 +537,26 @@ def mlp_backward_kernel(
             s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
         else:
             s_anchor = 1.0
-        el = tl.exp(lb)
         last = rc == s1 - s0 - 1
         lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
         elc = tl.exp(lbl)
         wl = tl.exp(lbl - lb)
         w = eta * wl
-        causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-        dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
-        mask = dec * eta[None, :]
-        pqk = tl.dot(qt, tl.trans(kt), input_precision=PREC)
-        # ---- F1: the forward at the anchor
+        # ---- the forward at the anchor
         zp = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
             z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
             z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            act = gelu(tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC))
-            zp += tl.dot(act, tl.trans(s_anchor * z1b), input_precision=PREC)
+            act = gelu(mm(kt, tl.trans(s_anchor * z2b), PREC))
+            zp += mm(act, tl.trans(s_anchor * z1b), PREC)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
         mdu = tl.sum(dy * u, axis=1) / D
         dz = rstd[:, None] * (dy - (tl.sum(dy, axis=1) / D)[:, None] - u * mdu[:, None])
         dz = tl.where(ymask, dz, 0.0)
-        # ---- F2: the dual-form reads
-        zq0 = tl.zeros([BC, BD], dtype=tl.float32)
-        sa = tl.zeros([BC, BC], dtype=tl.float32)
-        for jb in range(0, NB):
-            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            hb = tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC)
-            act = gelu(hb)
-            dh = tl.dot(dz, s_anchor * z1b, input_precision=PREC) * gelu_grad(hb)
-            hq = el[:, None] * tl.dot(qt, tl.trans(z2b), input_precision=PREC)
-            aq = gelu(hq - tl.dot(pqk * mask, dh, input_precision=PREC))
-            zq0 += tl.dot(aq, tl.trans(z1b), input_precision=PREC)
-            sa += tl.dot(aq, tl.trans(act), input_precision=PREC)
-        zq = el[:, None] * zq0 - tl.dot(sa * mask, dz, input_precision=PREC)
-        zq = tl.where(ymask, zq, 0.0)
-        uq, rstdq = _layer_norm(zq, cm, D, LN_EPS)
-        # ---- back through y = q + LN(Zq) and Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ
-        gzq = rstdq[:, None] * (gy - (tl.sum(gy, axis=1) / D)[:, None]
-                                - uq * (tl.sum(gy * uq, axis=1) / D)[:, None])
-        gzq = tl.where(ymask, gzq, 0.0)
-        gq = gy
-        gr = -tl.dot(gzq, tl.trans(dz), input_precision=PREC)  # ∂L/∂(M ⊙ S)
-        gs = gr * mask
-        gm = gr * sa
-        gdz = -tl.dot(tl.trans(sa * mask), gzq, input_precision=PREC)
-        glb = el * tl.sum(gzq * zq0, axis=1)
+        gdz = tl.load(gdzr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         gk = tl.zeros([BC, BD], dtype=tl.float32)
-        gp = tl.zeros([BC, BC], dtype=tl.float32)
         gw = tl.zeros([BC], dtype=tl.float32)
         gend = 0.0
         ganch = 0.0
@@ -473,42 +566,30 @@ def mlp_backward_kernel(
             z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
-            hb = tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC)
+            hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
             act = gelu(hb)
-            dza = tl.dot(dz, s_anchor * z1b, input_precision=PREC)
+            dza = mm(dz, s_anchor * z1b, PREC)
             dh = dza * gelu_grad(hb)
-            qz2 = tl.dot(qt, tl.trans(z2b), input_precision=PREC)
-            hq = el[:, None] * qz2 - tl.dot(pqk * mask, dh, input_precision=PREC)
-            aq = gelu(hq)
-            # Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ: the gradient of Aq, then Hq
-            gaq = el[:, None] * tl.dot(gzq, z1b, input_precision=PREC)
-            gaq += tl.dot(gs, act, input_precision=PREC)
-            ghq = gaq * gelu_grad(hq)
-            # Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P) dH
-            gq += el[:, None] * tl.dot(ghq, z2b, input_precision=PREC)
-            glb += el * tl.sum(ghq * qz2, axis=1)
-            gr2 = -tl.dot(ghq, tl.trans(dh), input_precision=PREC)
-            gp += gr2 * mask
-            gm += gr2 * pqk
-            gdh = -tl.dot(tl.trans(pqk * mask), ghq, input_precision=PREC)
             # Z2_end = E_C Z2 - (w ⊙ dH)ᵀ K ; Z1_end = E_C Z1 - (w ⊙ dZ)ᵀ Â
-            kg2 = tl.dot(kt, tl.trans(g2e), input_precision=PREC)
-            gdh -= w[:, None] * kg2
-            gk -= w[:, None] * tl.dot(dh, g2e, input_precision=PREC)
+            kg2 = mm(kt, tl.trans(g2e), PREC)
+            ptr, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
+            gdh = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * kg2
+            gk -= w[:, None] * mm(dh, g2e, PREC)
             gw -= tl.sum(dh * kg2, axis=1)
-            ag1 = tl.dot(act, tl.trans(g1e), input_precision=PREC)
+            ag1 = mm(act, tl.trans(g1e), PREC)
             gdz -= w[:, None] * ag1
             gw -= tl.sum(dz * ag1, axis=1)
-            gact = tl.dot(tl.trans(gs), aq, input_precision=PREC)
-            gact -= w[:, None] * tl.dot(dz, g1e, input_precision=PREC)
+            ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+            gact = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * mm(dz, g1e, PREC)
             # dH = (dZ A1) ⊙ σ'(H)
             x = gdh * gelu_grad(hb)
-            gdz += tl.dot(x, tl.trans(s_anchor * z1b), input_precision=PREC)
+            gdz += mm(x, tl.trans(s_anchor * z1b), PREC)
             gh_part = gdh * dza * gelu_grad2(hb)
-            ga1 = tl.dot(tl.trans(dz), x, input_precision=PREC)  # [BD, BH]
-            gz1 = elc * g1e + tl.dot(tl.trans(gzq * el[:, None]), aq, input_precision=PREC)
-            gz1 += s_anchor * ga1
-            gz2 = elc * g2e + tl.dot(tl.trans(ghq * el[:, None]), qt, input_precision=PREC)
+            ga1 = mm(tl.trans(dz), x, PREC)  # [BD, BH]
+            gz1r, _ = _load_w1(gz1r_ptr, rbase, jb * BH, D, HD, BD, BH)
+            gz2r, _ = _load_w2(gz2r_ptr, rbase, jb * BH, D, HD, BD, BH)
+            gz1 = elc * g1e + gz1r + s_anchor * ga1
+            gz2 = elc * g2e + gz2r
             gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
             gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
             if DECAYED:
@@ -536,14 +617,14 @@ def mlp_backward_kernel(
         for jb in range(0, NB):
             z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
             z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            hb = tl.dot(kt, tl.trans(s_anchor * z2b), input_precision=PREC)
+            hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
             act = gelu(hb)
             gact = tl.load(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH))
-            gact += tl.dot(gz, s_anchor * z1b, input_precision=PREC)
+            gact += mm(gz, s_anchor * z1b, PREC)
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
-            gk += tl.dot(gh, s_anchor * z2b, input_precision=PREC)
-            ga2 = tl.dot(tl.trans(gh), kt, input_precision=PREC)  # [BH, BD]
-            ga1 = tl.dot(tl.trans(gz), act, input_precision=PREC)  # [BD, BH]
+            gk += mm(gh, s_anchor * z2b, PREC)
+            ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
+            ga1 = mm(tl.trans(gz), act, PREC)  # [BD, BH]
             g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
             g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
             _store_w1(g1_ptr, gout, jb * BH, g1o + s_anchor * ga1, D, HD, BD, BH)
@@ -551,19 +632,15 @@ def mlp_backward_kernel(
             if DECAYED:
                 ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
                 ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
-        # ---- P = Q Kᵀ and the gates
-        gq += tl.dot(gp, kt, input_precision=PREC)
-        gk += tl.dot(tl.trans(gp), qt, input_precision=PREC)
-        geta = tl.sum(gm * dec, axis=0) + gw * wl
-        gmm = gm * mask
-        glb += tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0) - gw * w
+        # ---- add the read parts; the gates
+        gk += tl.load(gkr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+        geta = tl.load(getar_ptr + tok, mask=mt, other=0.0) + gw * wl
+        glb = tl.load(glbr_ptr + tok, mask=mt, other=0.0) - gw * w
         glb = tl.where(last, glb + elc * gend + tl.sum(gw * w, axis=0), glb)
         gla = tl.sum(glb, axis=0) - tl.cumsum(glb, axis=0) + glb
         galpha = gla / alpha
         if DECAYED:
             galpha = tl.where(rc == 0, galpha + ganch, galpha)
-        tl.store(gq_ptr + tok[:, None] * D + rd[None, :], gq.to(gq_ptr.dtype.element_ty),
-                 mask=ymask)
         tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
                  mask=ymask)
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
