@@ -16,6 +16,7 @@ gradient is explicit and the whole op is still differentiable by autograd for th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,9 +184,18 @@ def vjp(memory, params: dict, x, dy, per_token: bool = False) -> dict:
 
 
 def default_state(memory, batch: int, heads: int, dtype, device) -> dict:
-    """``miras_ref``'s default state (zeros, or the seeded MLP init) as tensors."""
+    """``miras_ref``'s default state (zeros, or the seeded MLP init, the same in every
+    ``[B, H]`` slot) as tensors ``[B, H, ...]``, expanded from one cached slot on ``device``
+    (no host-to-device copy per call)."""
+    one = _default_slot(memory, dtype, torch.device(device))
+    return {n: a.expand(batch, heads, *a.shape[2:]).clone() for n, a in one.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _default_slot(memory, dtype, device) -> dict:
+    """One ``[1, 1, ...]`` slot of the default state (read-only: callers get copies)."""
     return {n: torch.as_tensor(a, dtype=dtype, device=device)
-            for n, a in memory.default_state(batch, heads).items()}
+            for n, a in memory.default_state(1, 1).items()}
 
 
 def broadcast_gate(gate: torch.Tensor, param_ndim: int, axis: int, lead: int = 2):
