@@ -45,37 +45,45 @@ from ._math import (
 
 
 @triton.jit
-def _load_w2(s2_ptr, base, j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
-    """Rows ``j0 .. j0+BH`` of ``W2 [Ed, d]``: ``[BH, BD]`` and its validity mask."""
+def _w2_tile(j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    """Offsets and validity mask of rows ``j0 .. j0+BH`` of ``W2 [Ed, d]`` (``[BH, BD]``)."""
     rj = j0 + tl.arange(0, BH)
     rd = tl.arange(0, BD)
-    m = (rj < HD)[:, None] & (rd < D)[None, :]
-    return tl.load(s2_ptr + base + rj[:, None] * D + rd[None, :], mask=m, other=0.0), m
+    return rj[:, None] * D + rd[None, :], (rj < HD)[:, None] & (rd < D)[None, :]
+
+
+@triton.jit
+def _w1_tile(j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    """Offsets and validity mask of columns ``j0 .. j0+BH`` of ``W1 [d, Ed]`` (``[BD, BH]``)."""
+    rj = j0 + tl.arange(0, BH)
+    rd = tl.arange(0, BD)
+    return rd[:, None] * HD + rj[None, :], (rd < D)[:, None] & (rj < HD)[None, :]
+
+
+@triton.jit
+def _load_w2(s2_ptr, base, j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
+    """Rows ``j0 .. j0+BH`` of ``W2 [Ed, d]``: ``[BH, BD]`` and its validity mask."""
+    off, m = _w2_tile(j0, D, HD, BD, BH)
+    return tl.load(s2_ptr + base + off, mask=m, other=0.0), m
 
 
 @triton.jit
 def _load_w1(s1_ptr, base, j0, D, HD, BD: tl.constexpr, BH: tl.constexpr):
     """Columns ``j0 .. j0+BH`` of ``W1 [d, Ed]``: ``[BD, BH]`` and its validity mask."""
-    rj = j0 + tl.arange(0, BH)
-    rd = tl.arange(0, BD)
-    m = (rd < D)[:, None] & (rj < HD)[None, :]
-    return tl.load(s1_ptr + base + rd[:, None] * HD + rj[None, :], mask=m, other=0.0), m
+    off, m = _w1_tile(j0, D, HD, BD, BH)
+    return tl.load(s1_ptr + base + off, mask=m, other=0.0), m
 
 
 @triton.jit
 def _store_w2(s2_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
-    rj = j0 + tl.arange(0, BH)
-    rd = tl.arange(0, BD)
-    m = (rj < HD)[:, None] & (rd < D)[None, :]
-    tl.store(s2_ptr + base + rj[:, None] * D + rd[None, :], w, mask=m)
+    off, m = _w2_tile(j0, D, HD, BD, BH)
+    tl.store(s2_ptr + base + off, w, mask=m)
 
 
 @triton.jit
 def _store_w1(s1_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
-    rj = j0 + tl.arange(0, BH)
-    rd = tl.arange(0, BD)
-    m = (rd < D)[:, None] & (rj < HD)[None, :]
-    tl.store(s1_ptr + base + rd[:, None] * HD + rj[None, :], w, mask=m)
+    off, m = _w1_tile(j0, D, HD, BD, BH)
+    tl.store(s1_ptr + base + off, w, mask=m)
 
 
 @triton.jit
