@@ -11,10 +11,10 @@ as Markdown to ``--out``.
     python benchmarks/bench_torch_backend.py --out results.md          # GPU
     python benchmarks/bench_torch_backend.py --small --out /tmp/b.md   # CPU smoke test
 
-Moneta and Memora read through a non-identity link (ℓq normalisation, softmax), so each chunk
-forms per-token memory states; their forward+backward runs with ``checkpoint=True`` (each
-chunk is recomputed in the backward pass) unless ``--checkpoint off``. Yaad (ℓ2 retention)
-reads in the dual form and keeps no per-token state.
+Memora reads through a softmax link, so each chunk forms per-token memory states; its
+forward+backward runs with ``checkpoint=True`` (each chunk is recomputed in the backward pass)
+unless ``--checkpoint off``. Yaad (identity link) and Moneta (the ℓq link is one scale per
+weight matrix) read in the dual form and keep no per-token state.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 from _common import make_inputs, timed, titans_passes
 
 import miras_gpu
+from miras_gpu.torch.chunked import has_fast_read
 from miras_ref import zoo
-from miras_ref.retention import L2Retention
 
 MODELS = ("moneta", "yaad", "memora")
 FULL = dict(B=4, T=4096, H=16, D=64, expansion=4, chunk=64)
@@ -59,8 +59,7 @@ def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
         label += f" [B=1, T={size['T']}]"
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
     tokens = size["B"] * size["T"]
-    link_is_identity = isinstance(cfg.retention, L2Retention)
-    ckpt = {"on": True, "off": False, "auto": not link_is_identity}[args.checkpoint]
+    ckpt = {"on": True, "off": False, "auto": not has_fast_read(cfg)}[args.checkpoint]
     if compiled == "reduce-overhead":  # CUDA graphs cannot be replayed by a recomputation
         ckpt = False
     op = miras_gpu.scan_chunked

@@ -19,6 +19,7 @@ import miras_gpu  # noqa: E402
 import miras_ref  # noqa: E402
 from miras_gpu import conformance as conf  # noqa: E402
 from miras_ref import zoo  # noqa: E402
+from miras_ref.algorithms import GD  # noqa: E402
 from miras_ref.memory import MLPMemory  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,12 +144,31 @@ def test_cu_seqlens_default_state_and_errors():
         miras_gpu.scan_chunked(cfg, q2, q2, q2, chunk_size=4, cu_seqlens=[0, 9])
 
 
-@pytest.mark.parametrize("model", ["gated_deltanet", "rwkv7", "ttt_mlp", "yaad", "mamba2"])
-def test_identity_link_fast_read_equals_per_token_states(model, monkeypatch):
-    """The two read paths of a chunk (dual form vs per-token states) agree, with gradients."""
+def _matrix_lq_inputs(size, requires_grad):
+    """A matrix memory with Moneta's bias and simplified ℓq link (no zoo model has one)."""
+    from miras_ref.bias import LpBias
+    from miras_ref.config import MirasConfig
+    from miras_ref.memory import MatrixMemory
+    from miras_ref.retention import LqRetention
+
+    cfg = MirasConfig("matrix_lq", MatrixMemory(size[3], size[3]), LpBias(3.0), LqRetention(4.0),
+                      GD(), {"eta": 0.05, "alpha": 0.99})
+    inp = conf.make_inputs(cfg, "matrix_lq", size, 0)
+    return cfg, inp, conf._to_torch(inp, torch.float64, DEVICE, requires_grad)
+
+
+@pytest.mark.parametrize("model", ["gated_deltanet", "rwkv7", "ttt_mlp", "yaad", "mamba2",
+                                   "moneta", "matrix_lq"])
+def test_fast_read_equals_per_token_states(model, monkeypatch):
+    """The two read paths of a chunk (dual form vs per-token states) agree, with gradients:
+    identity links, and the scalar ℓq link ``ψ(A) = A / ‖A‖_q^{q-2}`` (Moneta)."""
     from miras_gpu.torch import chunked
 
-    cfg, inp, t = _inputs(model, (2, 7, 2, 8), requires_grad=True, expansion=2)
+    size = (2, 7, 2, 8)
+    if model == "matrix_lq":
+        cfg, inp, t = _matrix_lq_inputs(size, requires_grad=True)
+    else:
+        cfg, inp, t = _inputs(model, size, requires_grad=True, expansion=2)
     q, k, v = (x.movedim(2, 1) for x in (t["q"], t["k"], t["v"]))
     gates = {n: a.movedim(2, 1) for n, a in t["gates"].items()}
     z = dict(t["initial_state"])
@@ -291,7 +311,7 @@ def test_compile_chunks_many_variants_on_cpu():
 @pytest.mark.parametrize(("how", "checkpoint"),
                          [(True, False), (True, True), ("reduce-overhead", False),
                           ("graphs", False), ("graphs", True)])
-@pytest.mark.parametrize("model", ["memora", "yaad"])
+@pytest.mark.parametrize("model", ["memora", "yaad", "moneta"])
 def test_compile_chunks_option_cuda(model, how, checkpoint):
     """``compile_chunks`` (a cached torch.compile of the chunk step; "reduce-overhead" replays
     each chunk as a CUDA graph, "graphs" the whole loop), with and without checkpointing,
@@ -314,3 +334,40 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
         outs = [y, *s.values()]
         res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
     _assert_rel_close(res[1], res[0], COMPILE_BOUND)
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["yaad", "moneta"])
+def test_cuda_graphs_of_the_loop_without_gradients(model):
+    """Inference with compile_chunks="graphs" (one forward graph of the whole loop) matches
+    eager on a replay with fresh inputs, after the capture on other ones."""
+    cfg, _, _ = _inputs(model, (2, 40, 2, 16), dtype=torch.float32, expansion=2)
+    res = []
+    for seed, how in ((0, "graphs"), (1, "graphs"), (1, False)):
+        t = conf._to_torch(conf.make_inputs(cfg, model, (2, 40, 2, 16), seed), torch.float32,
+                           DEVICE, False)
+        with torch.no_grad():
+            y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"],
+                                          chunk_size=16, initial_state=t["initial_state"],
+                                          output_final_state=True, compile_chunks=how)
+        res.append([y, *s.values()])
+    _assert_rel_close(res[1], res[2], COMPILE_BOUND)
+
+
+def test_scalar_link_keeps_no_per_token_state():
+    """Moneta's chunk saves nothing of the size of its ``C`` per-token states for backward:
+    the states behind the ℓq norms are formed again in the backward pass."""
+    from miras_gpu.torch import chunked
+
+    size = (2, 7, 2, 8)
+    cfg, inp, t = _inputs("moneta", size, requires_grad=True, expansion=2)
+    q, k, v = (x.movedim(2, 1) for x in (t["q"], t["k"], t["v"]))
+    gates = {n: a.movedim(2, 1) for n, a in t["gates"].items()}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x,
+                                                  lambda x: x):
+        y, z_end = chunked.chunk_step(cfg, dict(t["initial_state"]), q, k, v, gates)
+    per_token_states = size[0] * size[2] * size[1] * 2 * 8 * 8  # [B, H, C, 2d, d]
+    assert saved and max(saved) < per_token_states
+    y.sum().backward()  # the recomputation runs
+    assert all(torch.isfinite(x.grad).all() for x in (t["q"], t["k"], t["v"]))

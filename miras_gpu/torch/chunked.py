@@ -21,14 +21,20 @@ Python loop is over chunks. Two read paths, side by side:
 * **identity link** (ℓ2 retention) with a matrix or MLP memory: the read ``Z_t x_t`` is
   expanded as ``(β_t/β_{t'}) Z_{t'} x_t - Σ_i mask[t,i] (right_i·x_t) left_i`` using the
   rank-1 per-token gradients ``left_i right_i^T``, so no per-token state is formed (the dual
-  form of TTT / linear attention); see :func:`outer_read`;
-* **any link** (ℓq, KL, elastic-net FTRL, sigmoid Bregman): the per-token states
+  form of TTT / linear attention); see :func:`outer_read`. A **scalar link**
+  ``ψ(Z) = s(Z) Z`` (Moneta's simplified ℓq link, ``s = ‖Z‖_q^{2-q}``) reads the same way,
+  ``ψ(Z_t) x_t = s_t (Z_t x_t)``; only the numbers ``s_t`` need the per-token states, which
+  are formed inside a checkpoint and not kept (:func:`token_scales`);
+* **any link** (ℓq exact, KL, elastic-net FTRL, sigmoid Bregman): the per-token states
   ``Z_t [B, H, C, *shape]`` are formed, ``ψ`` is applied to each, and each query reads its own
   weights. This costs ``C`` copies of the memory per chunk; ``checkpoint=True`` recomputes a
   chunk in the backward pass instead of keeping them.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
@@ -137,15 +143,53 @@ def outer_read(z0, decay, mask, grad: Outer, x):
     raise ValueError("outer_read: element-wise gates need the per-token-state path")
 
 
-def _matrix_fast_read(config, z0, coeffs, grads, q):
+def token_scales(config, z0: dict, coeffs: dict, grads: dict) -> dict | None:
+    """``s_t = s(Z_t)`` of a scalar link ``ψ(Z) = s(Z) Z`` for every token of the chunk, per
+    parameter: ``[B, H, C, 1, ..., 1]``; None when the link is the identity.
+
+    ``s`` needs the whole state ``Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i mask[t, i] G_i`` (Eq 29) of
+    every token. It is formed inside a checkpoint: autograd keeps only the chunk's inputs and
+    forms the states again in the backward pass, so no ``[B, H, C, *shape]`` tensor outlives
+    this call.
+    """
+    ret = config.retention
+    scale = retentions.scalar_link(ret)
+    if scale is None:
+        return None
+    out = {}
+    for n, nd in algs.own_ndims(config).items():
+        grad = grads[n]
+        factors = [getattr(grad, f.name) for f in dataclasses.fields(grad)]
+        fn = functools.partial(_token_scale, scale, ret, nd, type(grad))
+        out[n] = _checkpoint(fn, z0[n], *coeffs[n], *factors, use_reentrant=False)
+    return out
+
+
+def _token_scale(scale, ret, own_ndim, kind, z0, decay, mask, *factors):
+    """``s(Z_t)``, ``Z_t = decay_t ⊙ Z0 - Σ_i mask[t, i] ⊙ G_i`` (Eq 29), ``G = kind(*factors)``
+    (:class:`Outer` or :class:`Dense`): ``[B, H, C, 1, ..., 1]``."""
+    z_t = decay * z0[:, :, None] - token_sum(mask, kind(*factors))
+    return scale(ret, z_t, own_ndim)
+
+
+def _scaled(x: torch.Tensor, scales: dict | None, name: str) -> torch.Tensor:
+    """``s_t x_t`` for ``x [B, H, C, r]`` and ``scales[name] [B, H, C, 1, 1]``; ``x`` when the
+    link is the identity (``scales`` None)."""
+    return x if scales is None else x * scales[name].flatten(start_dim=3)
+
+
+def _matrix_fast_read(config, z0, coeffs, grads, q, scales=None):
+    """``y_t = ψ(Z_t) q_t`` by :func:`outer_read` (times ``s_t`` for a scalar link)."""
     decay, mask = coeffs["W"]
-    return outer_read(z0["W"], decay, mask, grads["W"], q)
+    return _scaled(outer_read(z0["W"], decay, mask, grads["W"], q), scales, "W")
 
 
-def _mlp_fast_read(config, z0, coeffs, grads, q):
-    """``y_t = q_t + LN(W1_t σ(W2_t q_t))`` with both layers read by :func:`outer_read`."""
-    h = outer_read(z0["W2"], *coeffs["W2"], grads["W2"], q)
-    z = outer_read(z0["W1"], *coeffs["W1"], grads["W1"], memories.gelu(h))
+def _mlp_fast_read(config, z0, coeffs, grads, q, scales=None):
+    """``y_t = q_t + LN(W1_t σ(W2_t q_t))`` with both layers read by :func:`outer_read`
+    (``W_t = s_t Z_t`` for a scalar link)."""
+    h = _scaled(outer_read(z0["W2"], *coeffs["W2"], grads["W2"], q), scales, "W2")
+    z = _scaled(outer_read(z0["W1"], *coeffs["W1"], grads["W1"], memories.gelu(h)), scales,
+                "W1")
     u, _ = memories.layer_norm(z, config.memory.eps)
     return q + u
 
@@ -153,10 +197,17 @@ def _mlp_fast_read(config, z0, coeffs, grads, q):
 FAST_READS = {MatrixMemory: _matrix_fast_read, MLPMemory: _mlp_fast_read}
 
 
-def _use_fast_read(config, coeffs) -> bool:
-    if not retentions.ops_for(config.retention).identity_link:
+def has_fast_read(config) -> bool:
+    """The chunked form of ``config`` reads in the dual form (no per-token state kept): an
+    identity or scalar link on a matrix or MLP memory (element-wise gates excepted)."""
+    ret = config.retention
+    if not (retentions.ops_for(ret).identity_link or retentions.scalar_link(ret)):
         return False
-    if type(config.memory) not in FAST_READS:
+    return type(config.memory) in FAST_READS
+
+
+def _use_fast_read(config, coeffs) -> bool:
+    if not has_fast_read(config):
         return False
     return all(_gated(mask, 4, "rs")[1] != "rs" for _, mask in coeffs.values())
 
@@ -186,7 +237,8 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True):
     coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
 
     if fast and _use_fast_read(config, coeffs):
-        y = FAST_READS[type(mem)](config, z, coeffs, grads, q)
+        scales = token_scales(config, z, coeffs, grads)  # None for the identity link
+        y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
         z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
                  for n in own}
         return y, z_end
@@ -331,17 +383,11 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     z = initial_memory_state(config, initial_state, inp,
                                  lambda: default_state(config, inp))
     if compile_chunks == "graphs":
-        tensors = [inp.q, inp.k, inp.v, *inp.gates.values(), *z.values()]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            from .graphed import graphed_chunked_forward
+        from .graphed import graphed_chunked_forward
 
-            y, z = graphed_chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z,
-                                           chunk_size, checkpoint)
-            return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)
-        if inp.q.device.type != "cuda":
-            raise ValueError(f"compile_chunks='graphs' captures CUDA graphs and needs CUDA "
-                             f"tensors; q is on {inp.q.device}")
-        compile_chunks = "reduce-overhead"  # without gradients: one graph per chunk
+        y, z = graphed_chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z, chunk_size,
+                                       checkpoint)
+        return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)
     y, z = chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z, chunk_size, checkpoint,
                            compile_chunks)
     return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)

@@ -7,7 +7,8 @@ chunk as its own CUDA graph (``compile_chunks="reduce-overhead"``) still pays Py
 guard overhead once per chunk. Here :func:`torch.cuda.make_graphed_callables` captures the
 whole loop, compiled chunk steps included, once per call shape; a call then copies its inputs
 into the graph's static inputs and replays one forward graph, and its backward replays one
-backward graph. The values are those of :func:`miras_gpu.torch.chunked.chunked_forward`.
+backward graph. The values are those of :func:`miras_gpu.torch.chunked.chunked_forward`. Without
+gradients (inference, ``torch.no_grad``) the loop is one forward graph.
 
 The cost: one capture (and compilation) per distinct shape, dtype and ``requires_grad``
 pattern, and the graph keeps its activations in a private memory pool for as long as it is
@@ -45,8 +46,9 @@ def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: i
                          f"q is on {q.device}")
     gate_names, state_names = sorted(gates), list(z)
     flat = [q, k, v, *(gates[n] for n in gate_names), *(z[n] for n in state_names)]
-    key = (id(config), chunk_size, checkpoint, tuple(gate_names), tuple(state_names),
-           tuple(_signature(t) for t in flat))
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
+    key = (id(config), chunk_size, checkpoint and training, training, tuple(gate_names),
+           tuple(state_names), tuple(_signature(t) for t in flat))
     entry = _GRAPHED.get(key)
     if entry is None or entry[0] is not config:
         n_gates = len(gate_names)
@@ -59,8 +61,36 @@ def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: i
             return (y, *(zt[n] for n in state_names))
 
         # the capture reads its static inputs from these (contiguous: inputs are copied in)
-        samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in flat)
-        entry = (config, torch.cuda.make_graphed_callables(loop, samples))
+        samples = tuple(t.detach().clone().requires_grad_(t.requires_grad and training)
+                        for t in flat)
+        graphed = (torch.cuda.make_graphed_callables(loop, samples) if training
+                   else _graphed_inference(loop, samples))
+        entry = (config, graphed)
         _GRAPHED[key] = entry
     outs = entry[1](*flat)
     return outs[0].clone(), {n: o.clone() for n, o in zip(state_names, outs[1:])}
+
+
+def _graphed_inference(fn, samples: tuple):
+    """``fn`` captured as one CUDA graph without autograd (the no-gradient twin of
+    :func:`torch.cuda.make_graphed_callables`): a call copies its tensors into ``samples``
+    and replays the graph; the returned tensors are the graph's, overwritten by the next
+    replay."""
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile and warm up outside the capture
+            for _ in range(2):
+                fn(*samples)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = fn(*samples)
+
+    def replay(*args):
+        for static, x in zip(samples, args):
+            static.copy_(x)
+        graph.replay()
+        return outs
+
+    return replay

@@ -68,6 +68,24 @@ def lq_link(ret, z, own_ndim):
     return (q - 1) * n ** (2 - p) * torch.sign(z) * z.abs() ** (p - 1)
 
 
+def lq_scale(ret, z, own_ndim):
+    """The scale of the simplified ℓq link, ``ψ(A) = s(A) A`` with ``s(A) = ‖A‖_q^{2-q}``
+    (Eq 24): one number per parameter, ``[..., 1, ..., 1]``."""
+    return _norm(z, ret.q, own_ndim).clamp_min(1e-30) ** (2 - ret.q)
+
+
+def scalar_link(ret) -> Callable | None:
+    """``scale(ret, z, own_ndim)`` when the link is ``ψ(Z) = s(Z) Z`` with one number
+    ``s(Z)`` per parameter (the simplified ℓq link of Moneta), else None.
+
+    With such a link the chunked form reads in the dual form (``ψ(Z_t) x = s_t (Z_t x)``) and
+    needs each token's state only for the number ``s_t``.
+    """
+    if isinstance(ret, ref.LqRetention) and ret.link_kind == "simplified":
+        return lq_scale
+    return None
+
+
 def kl_link(ret, z, own_ndim):
     """KL (Eq 19-21): ``W = c · softmax(L)`` over ``ret.axis`` (``None``: the whole
     parameter, the exact ``‖W‖₁ = c`` of Eq 20)."""
