@@ -313,10 +313,13 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
     else:
         def fn(z, q, k, v, gates):
             return process_chunk(config, z, q, k, v, gates)
+    # one split per input: its backward concatenates the chunks' gradients once (a slice per
+    # chunk would add a zero-padded [B, H, T, ...] gradient per chunk)
+    qs, ks, vs = (x.split(chunk_size, dim=2) for x in (q, k, v))
+    gs = {n: a.split(chunk_size, dim=2) for n, a in gates.items()}
     ys = []
-    for s in range(0, q.shape[2], chunk_size):
-        sl = slice(s, s + chunk_size)
-        args = (q[:, :, sl], k[:, :, sl], v[:, :, sl], {n: a[:, :, sl] for n, a in gates.items()})
+    for c in range(len(qs)):
+        args = (qs[c], ks[c], vs[c], {n: a[c] for n, a in gs.items()})
         if checkpoint and torch.is_grad_enabled():
             y, z = _checkpoint(fn, z, *args, use_reentrant=False)
         else:
