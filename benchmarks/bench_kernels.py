@@ -37,6 +37,7 @@ if "--small" in sys.argv and "--device" not in sys.argv:  # CPU smoke test: Trit
     except ImportError:  # pragma: no cover
         pass
 
+import _common
 import torch  # noqa: E402
 from _common import is_oom, make_inputs, time_fn, timed, titans_passes  # noqa: E402
 
@@ -267,6 +268,7 @@ def run(args) -> dict:
         tv = "not installed"
     env = {"device": f"{device} ({name})", "torch": torch.__version__, "triton": tv,
            "python": platform.python_version(), "input dtype": args.dtype,
+           "η of the MLP memories": f"{_common.MLP_ETA:g} x U[0.5, 1.5] (benchmarks/_common.py)",
            "triton interpreter": os.environ.get("TRITON_INTERPRET", "0"),
            "triton dot precision": args.dot_precision or "backend default (docs/kernels.md)",
            "timing": f"median of {args.iters} after {args.warmup} warm-up runs"

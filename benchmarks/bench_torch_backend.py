@@ -24,6 +24,7 @@ import dataclasses
 import platform
 import sys
 
+import _common
 import numpy as np
 import torch
 from _common import make_inputs, timed, titans_passes
@@ -73,16 +74,21 @@ def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
     gleaves = {n: a.detach().clone().requires_grad_(True) for n, a in gates.items()}
 
-    def fwd_bwd():
+    def fwd_bwd(check=False):
         y, _ = op(cfg, *leaves, gleaves, chunk_size=size["chunk"], backend="torch",
                   checkpoint=ckpt, compile_chunks=compiled)
         y.float().square().mean().backward()
+        grads = [x.grad for x in (*leaves, *gleaves.values())]
+        finite = check and all(bool(torch.isfinite(g).all()) for g in grads)
         for x in (*leaves, *gleaves.values()):
             x.grad = None
+        return finite
 
     for mode, fn, note in (("fwd", fwd, ""), ("fwd+bwd", fwd_bwd,
                                                "checkpoint" if ckpt else "")):
         sec, peak, failure = timed(fn, device, args.warmup, args.iters)
+        if mode == "fwd+bwd" and not failure and not fwd_bwd(check=True):
+            note = ", ".join(filter(None, [note, "NON-FINITE gradients"]))
         rows.append(Row(label, mode, sec, tokens, peak, failure or note))
         print(_fmt_row(rows[-1]), flush=True)
     if compiled:  # free the compiled graphs (and their CUDA-graph pools) before the next row
@@ -178,6 +184,7 @@ def main(argv=None) -> int:
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
            "numpy": np.__version__, "python": platform.python_version(),
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
+           "η of the MLP memories": f"{_common.MLP_ETA:g} x U[0.5, 1.5] (benchmarks/_common.py)",
            "timing": f"median of {args.iters} after {args.warmup} "
                                                  "warm-up runs"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
