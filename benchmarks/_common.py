@@ -56,28 +56,26 @@ def timed(fn, device: torch.device, warmup: int, iters: int):
         return None, None, f"failed: {type(exc).__name__}: {str(exc)[:120]}"
 
 
-#: the mean learning rate η of the MLP memories' inputs (Moneta, Yaad, Memora). At the zoo's
-#: η (0.05-0.1) their chunked recurrence is chaotic over T = 4096 (a 1e-8 change of the first
-#: chunk's keys moves Yaad's outputs by O(1) ten chunks later) and the float32 gradients
-#: overflow; at 1e-3 they stay finite. The time of a pass does not depend on η.
-MLP_ETA = 1e-3
+#: the mean learning rate η of the inputs per model, where it differs from the config's default.
+#: At the zoo's η = 0.1 the chunked recurrences of Yaad and Memora are chaotic over T = 4096
+#: (a 1e-8 change of the first chunk's keys moves Yaad's outputs by O(1) ten chunks later) and
+#: their float32 gradients overflow; at 1e-3 they stay finite. Moneta keeps its 0.05: at 1e-3
+#: its accumulator decays towards 0, where the ℓq link ``A / ‖A‖_q²`` grows without bound and
+#: the forward pass overflows. The time of a pass does not depend on η.
+ETA = {"yaad": 1e-3, "memora": 1e-3}
 
 
 def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0):
     """ℓ2-normalised q, k (as the MIRAS layer), random v ``[B, T, H, D]`` in ``dtype``, and
     per-head gates ``[B, T, H]`` inside their ranges in ``gate_dtype`` (default ``dtype``):
-    ``η`` uniform in ``[0.5, 1.5]`` times its mean (the config's default, :data:`MLP_ETA` for
-    MLP memories)."""
-    from miras_ref.memory import MLPMemory
-
+    ``η`` uniform in ``[0.5, 1.5]`` times its mean (:data:`ETA`, else the config's default)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     B, T, H, D = size["B"], size["T"], size["H"], size["D"]
     q = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
     k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
     v = torch.randn(B, T, H, D, generator=g)
     defaults = {"eta": 0.1, "alpha": 1.0, "delta": 1.0, **cfg.gate_defaults}
-    if isinstance(cfg.memory, MLPMemory):
-        defaults["eta"] = MLP_ETA
+    defaults["eta"] = ETA.get(cfg.name, defaults["eta"])
     gates = {}
     for name in cfg.required_gates:
         u = torch.rand(B, T, H, generator=g)

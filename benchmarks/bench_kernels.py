@@ -268,7 +268,8 @@ def run(args) -> dict:
         tv = "not installed"
     env = {"device": f"{device} ({name})", "torch": torch.__version__, "triton": tv,
            "python": platform.python_version(), "input dtype": args.dtype,
-           "η of the MLP memories": f"{_common.MLP_ETA:g} x U[0.5, 1.5] (benchmarks/_common.py)",
+           "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
+                                     + ", others the config's (benchmarks/_common.py)",
            "triton interpreter": os.environ.get("TRITON_INTERPRET", "0"),
            "triton dot precision": args.dot_precision or "backend default (docs/kernels.md)",
            "timing": f"median of {args.iters} after {args.warmup} warm-up runs"

@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
            "numpy": np.__version__, "python": platform.python_version(),
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
-           "η of the MLP memories": f"{_common.MLP_ETA:g} x U[0.5, 1.5] (benchmarks/_common.py)",
+           "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
+                                     + ", others the config's (benchmarks/_common.py)",
            "timing": f"median of {args.iters} after {args.warmup} "
                                                  "warm-up runs"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
