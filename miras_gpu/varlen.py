@@ -74,12 +74,15 @@ def split_scan(op, config, q, k, v, gates, chunk_size, initial_state, output_fin
             if a.shape[0] != n_seq:
                 raise ValueError(f"initial_state[{name!r}] must have N = {n_seq} rows (one per "
                                  f"sequence of cu_seqlens), got shape {tuple(a.shape)}")
+    qs, ks, vs = (_pieces(x, bounds, 1) for x in (q, k, v))
+    gs = None if gates is None else {n: _pieces(a, bounds, 1) for n, a in gates.items()}
+    inits = None if initial_state is None else {
+        n: _pieces(a, list(range(n_seq + 1)), 0) for n, a in initial_state.items()}
     ys, finals = [], []
-    for j, (s, e) in enumerate(zip(bounds, bounds[1:])):
-        g = None if gates is None else {n: a[:, s:e] for n, a in gates.items()}
-        init = None if initial_state is None else {
-            n: a[j:j + 1] for n, a in initial_state.items()}
-        y, final = op(config, q[:, s:e], k[:, s:e], v[:, s:e], gates=g, chunk_size=chunk_size,
+    for j in range(n_seq):
+        g = None if gs is None else {n: a[j] for n, a in gs.items()}
+        init = None if inits is None else {n: a[j] for n, a in inits.items()}
+        y, final = op(config, qs[j], ks[j], vs[j], gates=g, chunk_size=chunk_size,
                       initial_state=init, output_final_state=output_final_state, **kwargs)
         ys.append(y)
         finals.append(final)
@@ -87,6 +90,18 @@ def split_scan(op, config, q, k, v, gates, chunk_size, initial_state, output_fin
     if not output_final_state:
         return y, None
     return y, {n: cat([f[n] for f in finals], 0) for n in finals[0]}
+
+
+def _pieces(x, bounds: list[int], axis: int):
+    """``x`` cut at ``bounds`` along ``axis``: ``x[..., bounds[j]:bounds[j+1], ...]`` for each
+    ``j``. A torch tensor that spans the bounds is cut by one split, whose backward
+    concatenates the pieces' gradients once (a slice per piece would add a zero-padded
+    full-size gradient per piece); anything else is sliced, so a mis-sized input reaches the
+    op's own checks."""
+    if array_kind(x) == "torch" and x.ndim > axis and x.shape[axis] == bounds[-1]:
+        return x.split([e - s for s, e in zip(bounds, bounds[1:])], dim=axis)
+    lead = (slice(None),) * axis
+    return [x[lead + (slice(s, e),)] for s, e in zip(bounds, bounds[1:])]
 
 
 def numpy_scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
