@@ -14,7 +14,9 @@ as Markdown to ``--out``.
 Memora reads through a softmax link, so each chunk forms per-token memory states; its
 forward+backward runs with ``checkpoint=True`` (each chunk is recomputed in the backward pass)
 unless ``--checkpoint off``. Yaad (identity link) and Moneta (the ℓq link is one scale per
-weight matrix) read in the dual form and keep no per-token state.
+weight matrix) read in the dual form and keep no per-token state; on CUDA, Moneta's per-token
+scales come from the fused Triton op :mod:`miras_gpu.triton.token_norms` (``--norms torch``
+or ``both`` times the path that forms the states with torch instead).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import torch
 from _common import make_inputs, timed, titans_passes
 
 import miras_gpu
+from miras_gpu.torch import chunked as torch_chunked
+from miras_gpu.torch import retention as torch_retention
 from miras_gpu.torch.chunked import has_fast_read
 from miras_ref import zoo
 
@@ -52,10 +56,15 @@ class Row:
         return None if self.seconds is None else self.tokens / self.seconds
 
 
-def bench_miras(model, size, device, dtype, args, compiled=False) -> list[Row]:
-    """``compiled``: False (eager) or an inductor mode for ``compile_chunks``."""
+def bench_miras(model, size, device, dtype, args, compiled=False, fused=None) -> list[Row]:
+    """``compiled``: False (eager) or an inductor mode for ``compile_chunks``; ``fused``:
+    :data:`miras_gpu.torch.chunked.FUSED_POWER_SUMS` for this row (``False``: Moneta's
+    per-token norms from states formed by torch)."""
     cfg = zoo.get(model, size["D"], expansion=size["expansion"])
+    torch_chunked.FUSED_POWER_SUMS = fused
     label = f"miras torch {model}" + (f" (compiled, {compiled})" if compiled else "")
+    if fused is False:
+        label += " [norms: torch]"
     if all(size is not s for s in (FULL, SMALL)):
         label += f" [B=1, T={size['T']}]"
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
@@ -163,6 +172,9 @@ def main(argv=None) -> int:
                         help="also time compile_chunks with these comma-separated inductor "
                              "modes (default: 'default'; e.g. default,reduce-overhead)")
     parser.add_argument("--no-peer", action="store_true", help="skip titans-pytorch")
+    parser.add_argument("--norms", default="fused", choices=["fused", "torch", "both"],
+                        help="Moneta's per-token Σ|Z_t|^q: the fused Triton op (default on "
+                             "CUDA), torch (states formed), or rows for both")
     parser.add_argument("--tf32", action="store_true",
                         help="float32 matmuls on TF32 tensor cores (as `miras train` runs)")
     parser.add_argument("--long", default="",
@@ -181,8 +193,17 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         platform.processor() or platform.machine())
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
-           "numpy": np.__version__, "python": platform.python_version(),
+           "triton": triton_version, "numpy": np.__version__,
+           "python": platform.python_version(),
+           "Moneta's Σ|Z_t|^q": "fused Triton op, "
+                                f"{torch_chunked.fused_precision(dtype)} products, on CUDA "
+                                "unless the row says [norms: torch]",
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
            "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
                                      + ", others the config's (benchmarks/_common.py)",
@@ -190,10 +211,14 @@ def main(argv=None) -> int:
                                                  "warm-up runs"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
     rows = []
+    variants = {"fused": [None], "torch": [False], "both": [None, False]}[args.norms]
     for model in args.models.split(","):
-        rows += bench_miras(model, size, device, dtype, args)
-        for mode in filter(None, args.compile.split(",")):
-            rows += bench_miras(model, size, device, dtype, args, compiled=mode)
+        scalar = torch_retention.scalar_link(zoo.get(model, 8).retention) is not None
+        for fused in variants if scalar else [None]:
+            rows += bench_miras(model, size, device, dtype, args, fused=fused)
+            for mode in filter(None, args.compile.split(",")):
+                rows += bench_miras(model, size, device, dtype, args, compiled=mode,
+                                    fused=fused)
     long_args = argparse.Namespace(**{**vars(args), "warmup": 1, "iters": 1,
                                       "checkpoint": "on"})
     for T in (int(t) for t in filter(None, args.long.split(","))):

@@ -33,6 +33,7 @@ try:
     from miras_gpu.triton import matrix as _matrix_kernels  # noqa: E402, F401
     from miras_gpu.triton import mlp as _mlp_kernels  # noqa: E402, F401
     from miras_gpu.triton.cases import kernel_cases, kernel_inputs  # noqa: E402
+    from miras_gpu.triton.token_norms import token_power_sums  # noqa: E402
 finally:
     # the rest of the session (the registry, the conformance suite) must not see the flag;
     # the fixture below sets it again while this module's tests run
@@ -93,15 +94,18 @@ def _leaves(tensors, dtype):
     return [x.detach().to(dtype).requires_grad_(True) for x in tensors]
 
 
-def run_both(cfg, q, k, v, gates, init, chunk=CHUNK, backward="auto", **kw):
-    """Forward + autograd of mine (triton, fp32) and gold (torch, fp64) with one random
-    cotangent; returns ``(y, final, grads)`` of each, grads keyed by input name."""
+def run_both(cfg, q, k, v, gates, init, chunk=CHUNK, backward="auto", mine_op=None, **kw):
+    """Forward + autograd of mine (``mine_op``, by default triton, fp32) and gold (torch,
+    fp64) with one random cotangent; returns ``(y, final, grads)`` of each, grads keyed by
+    input name."""
+    if mine_op is None:
+        mine_op, kw = triton_ops.scan_chunked, {"backward": backward, **kw}
     names = ["q", "k", "v", *gates, *[f"init[{n}]" for n in init]]
     gold_in = _leaves([q, k, v, *gates.values(), *init.values()], torch.float64)
     mine_in = _leaves([q, k, v, *gates.values(), *init.values()], torch.float32)
     out = []
     for leaves, op, extra in ((gold_in, torch_ops.scan_chunked, {}),
-                              (mine_in, triton_ops.scan_chunked, {"backward": backward, **kw})):
+                              (mine_in, mine_op, kw)):
         gq, gk, gv = leaves[:3]
         gg = dict(zip(gates, leaves[3:3 + len(gates)]))
         gi = dict(zip(init, leaves[3 + len(gates):]))
@@ -327,3 +331,55 @@ def test_numpy_free_of_nan_poison():
     assert tchunked.POISON_BUFFERS
     buf = tchunked._empty((3,), torch.float32, torch.device("cpu"))
     assert np.isnan(buf.numpy()).all()
+
+
+# --------------------------------------------------------------------------------------------
+# the fused per-token Σ|Z_t|^q of Moneta's link (miras_gpu.triton.token_norms)
+
+
+@pytest.mark.parametrize("C,R,S,q", [(5, 24, 16, 4.0), (17, 40, 24, 3.0), (16, 16, 40, 2.5)])
+def test_token_power_sums_against_formed_states(C, R, S, q):
+    """``n_t = Σ|Z_t|^q`` with ``Z_t = d_t Z0 - Σ_i m[t, i] l_i r_i^T`` (Eq 29) and all five
+    input gradients, float32 kernels against float64 autograd of the formed states."""
+    gen = torch.Generator().manual_seed(C)
+    N = 3
+    shapes = [(N, R, S), (N, C), (N, C, C), (N, C, R), (N, C, S)]
+    gold_in = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    gold_in[1], gold_in[2] = gold_in[1].exp(), gold_in[2].exp().tril()
+    mine_in = _leaves(gold_in, torch.float32)
+    gold_in = _leaves(gold_in, torch.float64)
+    z0, d, m, left, right = gold_in
+    z_t = d[..., None, None] * z0[:, None] - torch.einsum("nti,nir,nis->ntrs", m, left, right)
+    gold = (z_t.abs() ** q).sum((-2, -1))
+    mine = token_power_sums(*mine_in, q, "ieee")
+    assert mine.shape == (N, C)
+    assert err(mine, gold) < TOL
+    cot = torch.randn(gold.shape, generator=gen, dtype=torch.float64)
+    for name, a, b in zip(["z0", "decay", "mask", "left", "right"],
+                          torch.autograd.grad(mine, mine_in, cot.float()),
+                          torch.autograd.grad(gold, gold_in, cot)):
+        assert err(a, b) < TOL, name
+
+
+def test_moneta_torch_backend_with_fused_norms(monkeypatch):
+    """The torch backend's chunked Moneta with its per-token norms from the fused op (float32)
+    against the torch backend in float64 (states formed): outputs, final state, every
+    gradient."""
+    from miras_gpu.torch import chunked as torch_chunked
+
+    cfg = zoo.moneta(D)
+    q, k, v, gates, init = make_inputs(cfg)
+    calls = []
+    real = torch_chunked._fused_power_sums
+    monkeypatch.setattr(torch_chunked, "_fused_power_sums",
+                        lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(torch_chunked, "FUSED_POWER_SUMS", True)
+    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
+                                          mine_op=torch_ops.scan_chunked)
+    assert calls and all(c is not None for c in calls)
+    assert err(my, gy) < TOL
+    for n in gf:
+        assert err(mf[n], gf[n]) < TOL, n
+    for n in gg:
+        assert err(mg[n], gg[n]) < TOL, n
+

@@ -143,14 +143,17 @@ def outer_read(z0, decay, mask, grad: Outer, x):
     raise ValueError("outer_read: element-wise gates need the per-token-state path")
 
 
-def token_scales(config, z0: dict, coeffs: dict, grads: dict) -> dict | None:
+def token_scales(config, z0: dict, coeffs: dict, grads: dict,
+                 norm_precision: str | None = None) -> dict | None:
     """``s_t = s(Z_t)`` of a scalar link ``ψ(Z) = s(Z) Z`` for every token of the chunk, per
     parameter: ``[B, H, C, 1, ..., 1]``; None when the link is the identity.
 
     ``s`` needs the whole state ``Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i mask[t, i] G_i`` (Eq 29) of
     every token. It is formed inside a checkpoint: autograd keeps only the chunk's inputs and
     forms the states again in the backward pass, so no ``[B, H, C, *shape]`` tensor outlives
-    this call.
+    this call. With scalar gates on CUDA the sums come from a fused Triton op instead, which
+    forms no state at all (:data:`FUSED_POWER_SUMS`; ``norm_precision`` its ``tl.dot``
+    precision, default :func:`fused_precision` for float32 inputs).
     """
     ret = config.retention
     scale = retentions.scalar_link(ret)
@@ -159,10 +162,70 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict) -> dict | None:
     out = {}
     for n, nd in algs.own_ndims(config).items():
         grad = grads[n]
+        fused = _fused_power_sums(ret, z0[n], *coeffs[n], grad, norm_precision)
+        if fused is not None:
+            out[n] = retentions.lq_scale_of_sum(ret, fused)
+            continue
         factors = [getattr(grad, f.name) for f in dataclasses.fields(grad)]
         fn = functools.partial(_token_scale, scale, ret, nd, type(grad))
         out[n] = _checkpoint(fn, z0[n], *coeffs[n], *factors, use_reentrant=False)
     return out
+
+
+#: Moneta's per-token sums ``Σ|Z_t|^q`` by the Triton op
+#: :func:`miras_gpu.triton.token_norms.token_power_sums` (states never formed), for float32
+#: states: ``None`` on CUDA when Triton imports, ``True`` also on the CPU (under
+#: ``TRITON_INTERPRET=1``, for tests), ``False`` never.
+FUSED_POWER_SUMS: bool | None = None
+#: ``tl.dot`` precision of that op (:data:`miras_gpu.triton.token_norms.PRECISIONS`) for every
+#: call; ``None``: :func:`fused_precision` picks one per call
+FUSED_PRECISION: str | None = None
+
+
+def fused_precision(input_dtype: torch.dtype = torch.float32) -> str:
+    """The ``tl.dot`` precision of the fused op for inputs of ``input_dtype``:
+    :data:`FUSED_PRECISION` if set; else one TF32 product for 16-bit inputs and full float32
+    for the others. One TF32 product moves the sums by about 1e-7 and their gradients by about
+    1e-3, relative (measured on an H200): within the bounds of 16-bit inputs, not of float32
+    ones."""
+    if FUSED_PRECISION is not None:
+        return FUSED_PRECISION
+    return "tf32" if input_dtype in (torch.bfloat16, torch.float16) else "ieee"
+
+
+@functools.cache
+def _token_norms_module():
+    try:
+        from ..triton import token_norms
+    except ImportError:
+        return None
+    return token_norms
+
+
+def _fused_power_sums(ret, z0, decay, mask, grad, precision=None):
+    """``Σ|Z_t|^q [B, H, C, 1, 1]`` by the fused Triton op for scalar gates and a rank-1
+    gradient (:data:`FUSED_POWER_SUMS`), else None.
+
+    ``z0 [B, H, r, s]``, ``decay [B, H, C, 1, 1]``, ``mask [B, H, C, C, 1, 1]``, ``grad`` an
+    :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``.
+    """
+    if FUSED_POWER_SUMS is False or not isinstance(grad, Outer) or ret.q <= 1:
+        return None
+    if z0.dtype != torch.float32 or (FUSED_POWER_SUMS is None and not z0.is_cuda):
+        return None
+    m, g = _gated(mask, 4, "rs")
+    d, gd = _gated(decay, 3, "rs")
+    if g or gd or _token_norms_module() is None:
+        return None
+    B, H, C = m.shape[:3]
+
+    def flat(x):
+        return x.flatten(0, 1)
+
+    total = _token_norms_module().token_power_sums(
+        flat(z0), flat(d), flat(m), flat(grad.left), flat(grad.right), float(ret.q),
+        precision or fused_precision())
+    return total.reshape((B, H, C) + (1,) * (z0.ndim - 2))
 
 
 def _token_scale(scale, ret, own_ndim, kind, z0, decay, mask, *factors):
@@ -216,12 +279,14 @@ def _use_fast_read(config, coeffs) -> bool:
 # one chunk
 
 
-def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True):
+def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
+               norm_precision: str | None = None):
     """One chunk in the chunk-parallel form (Eq 28-29), no lag token.
 
     ``q, k [B, H, C, d_k]``, ``v [B, H, C, d_v]``, gates ``[B, H, C, ...]``, ``z`` the state
     at the chunk start. Returns ``(y [B, H, C, d_v], z at the chunk end)``. ``fast=False``
-    forces the per-token-state read (for testing the identity-link path against it).
+    forces the per-token-state read (for testing the identity-link path against it);
+    ``norm_precision`` goes to :func:`token_scales`.
     """
     mem, ret = config.memory, config.retention
     own = algs.own_ndims(config)
@@ -237,7 +302,7 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True):
     coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
 
     if fast and _use_fast_read(config, coeffs):
-        scales = token_scales(config, z, coeffs, grads)  # None for the identity link
+        scales = token_scales(config, z, coeffs, grads, norm_precision)  # None: identity
         y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
         z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
                  for n in own}
@@ -249,10 +314,11 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True):
     return y, {n: z_t[n][:, :, -1].clone() for n in own}
 
 
-def process_chunk(config, z: dict, q, k, v, gates: dict):
-    """One chunk with Memora's lag token (Eq 30-32) when ``config.lag_token``."""
+def process_chunk(config, z: dict, q, k, v, gates: dict, norm_precision: str | None = None):
+    """One chunk with Memora's lag token (Eq 30-32) when ``config.lag_token``
+    (``norm_precision``: :func:`token_scales`)."""
     if not config.lag_token:
-        return chunk_step(config, z, q, k, v, gates)
+        return chunk_step(config, z, q, k, v, gates, norm_precision=norm_precision)
     # Eq 30: the lag token takes the exact non-linear step from the chunk state
     z = algs.step(config, z, k[:, :, 0], v[:, :, 0], {n: a[:, :, 0] for n, a in gates.items()})
     y0 = read(config, z, q[:, :, :1])
@@ -260,7 +326,8 @@ def process_chunk(config, z: dict, q, k, v, gates: dict):
         return y0, z
     # Eq 31-32: the rest of the chunk at the lag token's state
     rest = {n: a[:, :, 1:] for n, a in gates.items()}
-    y, z = chunk_step(config, z, q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], rest)
+    y, z = chunk_step(config, z, q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], rest,
+                      norm_precision=norm_precision)
     return torch.cat([y0, y], dim=2), z
 
 
@@ -288,9 +355,9 @@ def compiled_chunk_fn(config, how: str = "inductor"):
         kw = {"mode": how} if how in COMPILE_MODES else {"backend": how}
         compiled = torch.compile(process_chunk, dynamic=False, **kw)
 
-        def chunk_fn(z, q, k, v, gates):
+        def chunk_fn(z, q, k, v, gates, norm_precision=None):
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                y, z = compiled(config, z, q, k, v, gates)
+                y, z = compiled(config, z, q, k, v, gates, norm_precision)
             if how == "reduce-overhead":  # the next replay of the graph overwrites its outputs
                 y, z = y.clone(), {n: a.clone() for n, a in z.items()}
             return y, z
@@ -301,18 +368,20 @@ def compiled_chunk_fn(config, how: str = "inductor"):
 
 
 def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
-                    checkpoint: bool = False, compile_chunks: bool | str = False):
+                    checkpoint: bool = False, compile_chunks: bool | str = False,
+                    norm_precision: str | None = None):
     """The loop over chunks on validated tensors (no checks: safe to ``torch.compile``).
 
     ``q, k [B, H, T, d_k]``, ``v [B, H, T, d_v]``, gates ``[B, H, T, ...]`` in the compute
-    dtype. Returns ``(y [B, H, T, d_v], final state)``.
+    dtype; ``norm_precision``: :func:`token_scales`. Returns ``(y [B, H, T, d_v], final
+    state)``.
     """
     if compile_chunks:
         how = compile_chunks if isinstance(compile_chunks, str) else "inductor"
-        fn = compiled_chunk_fn(config, how)
+        fn = functools.partial(compiled_chunk_fn(config, how), norm_precision=norm_precision)
     else:
         def fn(z, q, k, v, gates):
-            return process_chunk(config, z, q, k, v, gates)
+            return process_chunk(config, z, q, k, v, gates, norm_precision)
     # one split per input: its backward concatenates the chunks' gradients once (a slice per
     # chunk would add a zero-padded [B, H, T, ...] gradient per chunk)
     qs, ks, vs = (x.split(chunk_size, dim=2) for x in (q, k, v))
@@ -385,12 +454,13 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     inp = validate_inputs(config, q, k, v, gates)
     z = initial_memory_state(config, initial_state, inp,
                                  lambda: default_state(config, inp))
+    norm_precision = fused_precision(inp.out_dtype)
     if compile_chunks == "graphs":
         from .graphed import graphed_chunked_forward
 
         y, z = graphed_chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z, chunk_size,
-                                       checkpoint)
+                                       checkpoint, norm_precision)
         return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)
     y, z = chunked_forward(config, inp.q, inp.k, inp.v, inp.gates, z, chunk_size, checkpoint,
-                           compile_chunks)
+                           compile_chunks, norm_precision)
     return y.movedim(1, 2).to(inp.out_dtype), (z if output_final_state else None)

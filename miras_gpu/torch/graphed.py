@@ -34,12 +34,13 @@ def _signature(t: torch.Tensor) -> tuple:
 
 
 def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
-                            checkpoint: bool = False):
+                            checkpoint: bool = False, norm_precision: str | None = None):
     """:func:`~miras_gpu.torch.chunked.chunked_forward` through a cached CUDA-graph capture.
 
     Same arguments and returns (``q, k [B, H, T, d_k]``, ``v [B, H, T, d_v]``, gates
-    ``[B, H, T, ...]``, state ``z``; returns ``(y [B, H, T, d_v], final state)``), on CUDA
-    tensors. The returned tensors are copies: the next replay overwrites the graph's outputs.
+    ``[B, H, T, ...]``, state ``z``, ``norm_precision``; returns ``(y [B, H, T, d_v], final
+    state)``), on CUDA tensors. The returned tensors are copies: the next replay overwrites
+    the graph's outputs.
     """
     if q.device.type != "cuda":
         raise ValueError(f"compile_chunks='graphs' captures CUDA graphs and needs CUDA tensors; "
@@ -47,7 +48,8 @@ def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: i
     gate_names, state_names = sorted(gates), list(z)
     flat = [q, k, v, *(gates[n] for n in gate_names), *(z[n] for n in state_names)]
     training = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
-    key = (id(config), chunk_size, checkpoint and training, training, tuple(gate_names),
+    key = (id(config), chunk_size, checkpoint and training, training, norm_precision,
+           tuple(gate_names),
            tuple(state_names), tuple(_signature(t) for t in flat))
     entry = _GRAPHED.get(key)
     if entry is None or entry[0] is not config:
@@ -57,7 +59,7 @@ def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: i
             gs = dict(zip(gate_names, args[3:3 + n_gates]))
             zs = dict(zip(state_names, args[3 + n_gates:]))
             y, zt = chunked_forward(config, *args[:3], gs, zs, chunk_size, checkpoint,
-                                    compile_chunks=True)
+                                    compile_chunks=True, norm_precision=norm_precision)
             return (y, *(zt[n] for n in state_names))
 
         # the capture reads its static inputs from these (contiguous: inputs are copied in)

@@ -71,7 +71,12 @@ def lq_link(ret, z, own_ndim):
 def lq_scale(ret, z, own_ndim):
     """The scale of the simplified ℓq link, ``ψ(A) = s(A) A`` with ``s(A) = ‖A‖_q^{2-q}``
     (Eq 24): one number per parameter, ``[..., 1, ..., 1]``."""
-    return _norm(z, ret.q, own_ndim).clamp_min(1e-30) ** (2 - ret.q)
+    return lq_scale_of_sum(ret, (z.abs() ** ret.q).sum(dim=_own_axes(own_ndim), keepdim=True))
+
+
+def lq_scale_of_sum(ret, total):
+    """``s(A) = ‖A‖_q^{2-q}`` from ``total = Σ|A|^q`` (any shape)."""
+    return (total ** (1.0 / ret.q)).clamp_min(1e-30) ** (2 - ret.q)
 
 
 def scalar_link(ret) -> Callable | None:

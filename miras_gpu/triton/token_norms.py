@@ -1,0 +1,239 @@
+"""``Σ|Z_t|^q`` of every token's state in a chunk, without forming the states (Eq 24, Eq 29).
+
+Moneta's link ``ψ(A) = A / ‖A‖_q^{q-2}`` scales each token's state by one number. The chunked
+form reads in the dual form (:func:`miras_gpu.torch.chunked.outer_read`), so the only thing
+that needs the per-token states
+
+``Z_t = d_t Z0 - Σ_{i<=t} m[t, i] l_i r_i^T``          (Eq 29, scalar gates)
+
+is ``n_t = Σ_{rs} |Z_t[r, s]|^q``. Formed by autograd, the ``C`` states of a chunk are ``C``
+copies of the memory written to and read from memory (17 GB per parameter for a B=4, T=4096,
+H=16 sequence of Moneta), twice more in the backward pass. The kernels here form one block of
+rows of ``Z_t`` at a time in registers, one token after another (one ``[BR, C] @ [C, S]``
+product per token), and keep only the sums.
+
+Backward, with ``Φ_t = g_t q sign(Z_t) |Z_t|^{q-1}`` (``g_t = ∂L/∂n_t``):
+
+* ``∂L/∂Z0 = Σ_t d_t Φ_t``, ``∂L/∂d_t = <Z0, Φ_t>``,
+* ``∂L/∂l_i = -Σ_t m[t, i] Φ_t r_i``, ``∂L/∂r_i = -Σ_t m[t, i] Φ_t^T l_i``,
+* ``∂L/∂m[t, i] = -l_i^T Φ_t r_i``.
+
+Each program owns a block of rows ``r``: the row-block's parts of ``n_t``, ``∂L/∂d``,
+``∂L/∂m`` and ``∂L/∂r`` are written per block and summed by torch; ``∂L/∂Z0`` and ``∂L/∂l``
+are the block's own.
+
+:func:`token_power_sums` is a ``torch.library`` op with its autograd formula registered, so
+``torch.compile`` and CUDA graphs take it like any other op.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._math import mm
+
+#: ``tl.dot`` precisions of the op (see :func:`miras_gpu.triton._math.mm`)
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+@triton.jit
+def _abs_pow(z, Q, QI: tl.constexpr):
+    """``|z|^Q``; by ``QI - 1`` products when ``Q`` is the integer ``QI > 0``."""
+    a = tl.abs(z)
+    if QI > 0:
+        r = a
+        for _ in tl.static_range(QI - 1):
+            r = r * a
+    else:
+        r = tl.where(a > 0.0, tl.exp2(Q * tl.log2(tl.where(a > 0.0, a, 1.0))), 0.0)
+    return r
+
+
+@triton.jit
+def _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, BC: tl.constexpr,
+             RB: tl.constexpr, BS: tl.constexpr):
+    """Rows ``r0 .. r0+RB`` of ``Z0`` flattened to ``[F = RB·BS]``, the rank-1 factors
+    ``G[i, (r, s)] = l_i[r] r_i[s]`` of those rows ``[BC, F]``, and ``l [BC, RB]``,
+    ``r [BC, BS]``; zero outside the shapes."""
+    rr = r0 + tl.arange(0, RB)
+    ss = tl.arange(0, BS)
+    cc = tl.arange(0, BC)
+    rm, sm, cm = rr < R, ss < S, cc < C
+    z0 = tl.load(z0_ptr + n * R * S + rr[:, None] * S + ss[None, :],
+                 mask=rm[:, None] & sm[None, :], other=0.0)
+    lb = tl.load(left_ptr + n * C * R + cc[:, None] * R + rr[None, :],
+                 mask=cm[:, None] & rm[None, :], other=0.0)
+    rb = tl.load(right_ptr + n * C * S + cc[:, None] * S + ss[None, :],
+                 mask=cm[:, None] & sm[None, :], other=0.0)
+    g = tl.reshape(lb[:, :, None] * rb[:, None, :], (BC, RB * BS))
+    return tl.reshape(z0, (RB * BS,)), g, lb, rb
+
+
+@triton.jit
+def _gates(decay_ptr, mask_ptr, n, C, BC: tl.constexpr):
+    """``decay [BC]`` and ``mask [BC, BC]`` of one chunk, zero outside ``C``."""
+    cc = tl.arange(0, BC)
+    cm = cc < C
+    d = tl.load(decay_ptr + n * C + cc, mask=cm, other=0.0)
+    m = tl.load(mask_ptr + n * C * C + cc[:, None] * C + cc[None, :],
+                mask=cm[:, None] & cm[None, :], other=0.0)
+    return d, m
+
+
+@triton.jit
+def token_power_sums_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, out_ptr,
+                            C, R, S, N_RB, Q: tl.constexpr, QI: tl.constexpr,
+                            BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr,
+                            ROWS: tl.constexpr, PREC: tl.constexpr):
+    """``out[n, rb, t] = Σ_{r in block rb, s} |Z_t[r, s]|^Q``; grid ``(N, N_RB)``, a block of
+    ``ROWS`` rows per program, ``RB`` rows (all tokens at once) per step."""
+    n, rb = tl.program_id(0), tl.program_id(1)
+    d, m = _gates(decay_ptr, mask_ptr, n, C, BC)
+    acc = tl.zeros((BC,), dtype=tl.float32)
+    for r0 in range(rb * ROWS, tl.minimum(rb * ROWS + ROWS, R), RB):
+        z0, g, _, _ = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, BC, RB, BS)
+        # Eq 29 for every token at once: Z[t, (r, s)] = d_t Z0[r, s] - Σ_i m[t, i] l_i[r] r_i[s]
+        z = d[:, None] * z0[None, :] - mm(m, g, PREC)
+        acc += tl.sum(_abs_pow(z, Q, QI), 1)
+    cc = tl.arange(0, BC)
+    tl.store(out_ptr + (n * N_RB + rb) * C + cc, acc, mask=cc < C)
+
+
+@triton.jit
+def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, g_ptr,
+                                     gz0_ptr, gdecay_ptr, gmask_ptr, gleft_ptr, gright_ptr,
+                                     C, R, S, N_RB, Q: tl.constexpr, QI: tl.constexpr,
+                                     BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr,
+                                     ROWS: tl.constexpr, PREC: tl.constexpr):
+    """The gradients of :func:`token_power_sums_kernel` (module docstring); ``gdecay``,
+    ``gmask`` and ``gright`` per row block, summed by the caller."""
+    n, rb = tl.program_id(0), tl.program_id(1)
+    d, m = _gates(decay_ptr, mask_ptr, n, C, BC)
+    cc = tl.arange(0, BC)
+    cm = cc < C
+    gn = tl.load(g_ptr + n * C + cc, mask=cm, other=0.0)
+    ss = tl.arange(0, BS)
+    sm = ss < S
+    gd = tl.zeros((BC,), dtype=tl.float32)
+    gm = tl.zeros((BC, BC), dtype=tl.float32)
+    gr = tl.zeros((BC, BS), dtype=tl.float32)
+    for r0 in range(rb * ROWS, tl.minimum(rb * ROWS + ROWS, R), RB):
+        z0, g, lb, rbk = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, BC, RB, BS)
+        z = d[:, None] * z0[None, :] - mm(m, g, PREC)
+        # Φ[t, f] = g_t q sign(Z) |Z|^{q-1}
+        if QI > 0:
+            phi = (gn * Q)[:, None] * z * _abs_pow(z, Q - 2.0, QI - 2)
+        else:
+            sg = tl.where(z > 0.0, 1.0, tl.where(z < 0.0, -1.0, 0.0))
+            phi = (gn * Q)[:, None] * sg * _abs_pow(z, Q - 1.0, 0)
+        rr = r0 + tl.arange(0, RB)
+        rm = rr < R
+        gz0 = tl.reshape(tl.sum(d[:, None] * phi, 0), (RB, BS))
+        tl.store(gz0_ptr + n * R * S + rr[:, None] * S + ss[None, :], gz0,
+                 mask=rm[:, None] & sm[None, :])
+        gd += tl.sum(z0[None, :] * phi, 1)
+        gm -= mm(phi, tl.trans(g), PREC)  # ∂/∂m[t, i] = -Σ_f Φ[t, f] G[i, f]
+        gg = tl.reshape(-mm(tl.trans(m), phi, PREC), (BC, RB, BS))  # ∂/∂G[i, (r, s)]
+        gl = tl.sum(gg * rbk[:, None, :], 2)  # [BC, RB]: Σ_s ∂G[i, r, s] r_i[s]
+        tl.store(gleft_ptr + n * C * R + cc[:, None] * R + rr[None, :], gl,
+                 mask=cm[:, None] & rm[None, :])
+        gr += tl.sum(gg * lb[:, :, None], 1)  # [BC, BS]: Σ_r ∂G[i, r, s] l_i[r]
+    part = n * N_RB + rb
+    tl.store(gdecay_ptr + part * C + cc, gd, mask=cm)
+    tl.store(gmask_ptr + part * C * C + cc[:, None] * C + cc[None, :], gm,
+             mask=cm[:, None] & cm[None, :])
+    tl.store(gright_ptr + part * C * S + cc[:, None] * S + ss[None, :], gr,
+             mask=cm[:, None] & sm[None, :])
+
+
+#: tokens x flattened entries of one step: ``BC · RB · BS`` at most this many
+STEP_ELEMENTS = 64 * 128
+#: rows of ``Z`` per program
+ROWS = 32
+#: warps of the forward and the backward kernel
+WARPS = (4, 8)
+
+
+def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int]:
+    """``(BC, RB, BS, ROWS, row blocks)``: whole ``C`` and ``S`` axes (powers of two, at
+    least 16 for ``tl.dot``), ``RB`` rows per step, ``ROWS`` rows per program."""
+    BC = max(16, triton.next_power_of_2(C))
+    BS = max(16, triton.next_power_of_2(S))
+    RB = max(1, STEP_ELEMENTS // (BC * BS))
+    rows = max(RB, ROWS)
+    return BC, RB, BS, rows, triton.cdiv(R, rows)
+
+
+def _q_int(q: float) -> int:
+    """``q`` as a constexpr integer when it is one (2 <= q <= 8), else 0."""
+    return int(q) if float(q).is_integer() and 2 <= q <= 8 else 0
+
+
+@triton_op("miras::token_power_sums", mutates_args=())
+def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
+                   left: torch.Tensor, right: torch.Tensor, q: float,
+                   precision: str) -> torch.Tensor:
+    N, R, S = z0.shape
+    C = decay.shape[1]
+    BC, RB, BS, rows, n_rb = _blocks(C, R, S)
+    part = torch.empty((N, n_rb, C), dtype=torch.float32, device=z0.device)
+    wrap_triton(token_power_sums_kernel)[(N, n_rb)](
+        z0, decay, mask, left, right, part, C, R, S, n_rb, Q=float(q), QI=_q_int(q),
+        BC=BC, RB=RB, BS=BS, ROWS=rows, PREC=precision, num_warps=WARPS[0])
+    return part.sum(1)
+
+
+@triton_op("miras::token_power_sums_backward", mutates_args=())
+def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
+                            left: torch.Tensor, right: torch.Tensor, g: torch.Tensor,
+                            q: float, precision: str) -> list[torch.Tensor]:
+    N, R, S = z0.shape
+    C = decay.shape[1]
+    BC, RB, BS, rows, n_rb = _blocks(C, R, S)
+    f32, dev = torch.float32, z0.device
+    gz0 = torch.empty((N, R, S), dtype=f32, device=dev)
+    gleft = torch.empty((N, C, R), dtype=f32, device=dev)
+    gdecay = torch.empty((N, n_rb, C), dtype=f32, device=dev)
+    gmask = torch.empty((N, n_rb, C, C), dtype=f32, device=dev)
+    gright = torch.empty((N, n_rb, C, S), dtype=f32, device=dev)
+    wrap_triton(token_power_sums_backward_kernel)[(N, n_rb)](
+        z0, decay, mask, left, right, g, gz0, gdecay, gmask, gleft, gright,
+        C, R, S, n_rb, Q=float(q), QI=_q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
+        PREC=precision, num_warps=WARPS[1])
+    return [gz0, gdecay.sum(1), gmask.sum(1), gleft, gright.sum(1)]
+
+
+def token_power_sums(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
+                     left: torch.Tensor, right: torch.Tensor, q: float,
+                     precision: str = "tf32x3") -> torch.Tensor:
+    """``n[:, t] = Σ_{rs} |Z_t|^q`` with ``Z_t = decay[:, t] Z0 - Σ_i mask[:, t, i] l_i r_i^T``,
+    differentiable in every tensor.
+
+    Shapes: ``z0 [N, R, S]``, ``decay [N, C]``, ``mask [N, C, C]``, ``left [N, C, R]``,
+    ``right [N, C, S]``, float32 -> ``[N, C]`` float32. ``q > 1``; ``precision`` one of
+    :data:`PRECISIONS`. The sums are those of the transposed states, so the kernels run on
+    whichever of ``Z``, ``Z^T`` has the shorter rows.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if z0.shape[2] > z0.shape[1]:  # Σ|Z_t|^q = Σ|Z_t^T|^q, Z_t^T = d_t Z0^T - Σ_i m r_i l_i^T
+        z0, left, right = z0.mT, right, left
+    return _power_sums_op(*(x.contiguous() for x in (z0, decay, mask, left, right)), float(q),
+                          precision)
+
+
+def _setup_context(ctx, inputs, output):
+    z0, decay, mask, left, right, q, precision = inputs
+    ctx.save_for_backward(z0, decay, mask, left, right)
+    ctx.q, ctx.precision = q, precision
+
+
+def _backward(ctx, g):
+    grads = _power_sums_backward_op(*ctx.saved_tensors, g.contiguous(), ctx.q, ctx.precision)
+    return (*grads, None, None)
+
+
+_power_sums_op.register_autograd(_backward, setup_context=_setup_context)
