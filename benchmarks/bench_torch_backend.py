@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         platform.processor() or platform.machine())
+    norms = torch_chunked.fused_precision(dtype, device)
     try:
         import triton
         triton_version = triton.__version__
@@ -201,9 +202,8 @@ def main(argv=None) -> int:
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
            "triton": triton_version, "numpy": np.__version__,
            "python": platform.python_version(),
-           "Moneta's Σ|Z_t|^q": "fused Triton op, "
-                                f"{torch_chunked.fused_precision(dtype)} products, on CUDA "
-                                "unless the row says [norms: torch]",
+           "Moneta's Σ|Z_t|^q": (f"fused Triton op ({norms} products) unless the row says "
+                                 "[norms: torch]" if norms else "states formed by torch"),
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
            "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
                                      + ", others the config's (benchmarks/_common.py)",

@@ -337,16 +337,22 @@ def test_numpy_free_of_nan_poison():
 # the fused per-token Σ|Z_t|^q of Moneta's link (miras_gpu.triton.token_norms)
 
 
-@pytest.mark.parametrize("C,R,S,q", [(5, 24, 16, 4.0), (17, 40, 24, 3.0), (16, 16, 40, 2.5)])
-def test_token_power_sums_against_formed_states(C, R, S, q):
+@pytest.mark.parametrize("C,R,S,q,layout", [(5, 24, 16, 4.0, "rows"), (17, 40, 24, 3.0, "rows"),
+                                            (16, 16, 40, 2.5, "rows"),
+                                            (17, 40, 24, 4.0, "columns")])
+def test_token_power_sums_against_formed_states(C, R, S, q, layout):
     """``n_t = Σ|Z_t|^q`` with ``Z_t = d_t Z0 - Σ_i m[t, i] l_i r_i^T`` (Eq 29) and all five
-    input gradients, float32 kernels against float64 autograd of the formed states."""
+    input gradients, float32 kernels against float64 autograd of the formed states; inputs
+    row-major or column-major (the kernels take strides)."""
     gen = torch.Generator().manual_seed(C)
     N = 3
     shapes = [(N, R, S), (N, C), (N, C, C), (N, C, R), (N, C, S)]
     gold_in = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
     gold_in[1], gold_in[2] = gold_in[1].exp(), gold_in[2].exp().tril()
     mine_in = _leaves(gold_in, torch.float32)
+    if layout == "columns":
+        mine_in = [x.detach().mT.contiguous().mT.requires_grad_(True) for x in mine_in]
+        assert not mine_in[0].is_contiguous()
     gold_in = _leaves(gold_in, torch.float64)
     z0, d, m, left, right = gold_in
     z_t = d[..., None, None] * z0[:, None] - torch.einsum("nti,nir,nis->ntrs", m, left, right)

@@ -151,9 +151,8 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
     ``s`` needs the whole state ``Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i mask[t, i] G_i`` (Eq 29) of
     every token. It is formed inside a checkpoint: autograd keeps only the chunk's inputs and
     forms the states again in the backward pass, so no ``[B, H, C, *shape]`` tensor outlives
-    this call. With scalar gates on CUDA the sums come from a fused Triton op instead, which
-    forms no state at all (:data:`FUSED_POWER_SUMS`; ``norm_precision`` its ``tl.dot``
-    precision, default :func:`fused_precision` for float32 inputs).
+    this call. With scalar gates and a ``norm_precision`` (:func:`fused_precision`) the sums
+    come from a fused Triton op instead, which forms no state at all.
     """
     ret = config.retention
     scale = retentions.scalar_link(ret)
@@ -173,24 +172,30 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
 
 
 #: Moneta's per-token sums ``Σ|Z_t|^q`` by the Triton op
-#: :func:`miras_gpu.triton.token_norms.token_power_sums` (states never formed), for float32
-#: states: ``None`` on CUDA when Triton imports, ``True`` also on the CPU (under
-#: ``TRITON_INTERPRET=1``, for tests), ``False`` never.
+#: :func:`miras_gpu.triton.token_norms.token_power_sums` (states never formed), for scalar
+#: gates: ``None`` for 16-bit inputs on CUDA when Triton imports, ``True`` for every input
+#: (float32 ones and the CPU under ``TRITON_INTERPRET=1`` included, for tests), ``False``
+#: never.
 FUSED_POWER_SUMS: bool | None = None
 #: ``tl.dot`` precision of that op (:data:`miras_gpu.triton.token_norms.PRECISIONS`) for every
 #: call; ``None``: :func:`fused_precision` picks one per call
 FUSED_PRECISION: str | None = None
 
 
-def fused_precision(input_dtype: torch.dtype = torch.float32) -> str:
-    """The ``tl.dot`` precision of the fused op for inputs of ``input_dtype``:
-    :data:`FUSED_PRECISION` if set; else one TF32 product for 16-bit inputs and full float32
-    for the others. One TF32 product moves the sums by about 1e-7 and their gradients by about
-    1e-3, relative (measured on an H200): within the bounds of 16-bit inputs, not of float32
-    ones."""
-    if FUSED_PRECISION is not None:
-        return FUSED_PRECISION
-    return "tf32" if input_dtype in (torch.bfloat16, torch.float16) else "ieee"
+def fused_precision(input_dtype: torch.dtype, device: torch.device) -> str | None:
+    """The ``tl.dot`` precision of the fused op for inputs of ``input_dtype`` on ``device``,
+    or None where the op is not used (:data:`FUSED_POWER_SUMS`).
+
+    One TF32 product for 16-bit inputs (it moves the sums by about 1e-7 and their gradients by
+    about 1e-3, relative, measured on an H200: within the bounds of 16-bit inputs), full
+    float32 for the others (:data:`FUSED_PRECISION` overrides both). Float32 inputs form the
+    states by default: the op's float32 backward runs on the FMA units and is slower there.
+    """
+    half = input_dtype in (torch.bfloat16, torch.float16)
+    if FUSED_POWER_SUMS is False or (FUSED_POWER_SUMS is None
+                                     and not (half and device.type == "cuda")):
+        return None
+    return FUSED_PRECISION or ("tf32" if half else "ieee")
 
 
 @functools.cache
@@ -202,16 +207,16 @@ def _token_norms_module():
     return token_norms
 
 
-def _fused_power_sums(ret, z0, decay, mask, grad, precision=None):
-    """``Σ|Z_t|^q [B, H, C, 1, 1]`` by the fused Triton op for scalar gates and a rank-1
-    gradient (:data:`FUSED_POWER_SUMS`), else None.
+def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
+    """``Σ|Z_t|^q [B, H, C, 1, 1]`` by the fused Triton op at ``tl.dot`` precision
+    ``precision`` (None: not used) for scalar gates and a rank-1 gradient, else None.
 
     ``z0 [B, H, r, s]``, ``decay [B, H, C, 1, 1]``, ``mask [B, H, C, C, 1, 1]``, ``grad`` an
     :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``.
     """
-    if FUSED_POWER_SUMS is False or not isinstance(grad, Outer) or ret.q <= 1:
+    if precision is None or not isinstance(grad, Outer) or ret.q <= 1:
         return None
-    if z0.dtype != torch.float32 or (FUSED_POWER_SUMS is None and not z0.is_cuda):
+    if z0.dtype != torch.float32:
         return None
     m, g = _gated(mask, 4, "rs")
     d, gd = _gated(decay, 3, "rs")
@@ -224,7 +229,7 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision=None):
 
     total = _token_norms_module().token_power_sums(
         flat(z0), flat(d), flat(m), flat(grad.left), flat(grad.right), float(ret.q),
-        precision or fused_precision())
+        precision)
     return total.reshape((B, H, C) + (1,) * (z0.ndim - 2))
 
 
@@ -454,7 +459,7 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     inp = validate_inputs(config, q, k, v, gates)
     z = initial_memory_state(config, initial_state, inp,
                                  lambda: default_state(config, inp))
-    norm_precision = fused_precision(inp.out_dtype)
+    norm_precision = fused_precision(inp.out_dtype, inp.q.device)
     if compile_chunks == "graphs":
         from .graphed import graphed_chunked_forward
 

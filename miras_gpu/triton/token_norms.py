@@ -36,7 +36,7 @@ from torch.library import triton_op, wrap_triton
 from ._math import mm
 
 #: ``tl.dot`` precisions of the op (see :func:`miras_gpu.triton._math.mm`)
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+PRECISIONS = ("ieee", "tf32")
 
 
 @triton.jit
@@ -53,48 +53,51 @@ def _abs_pow(z, Q, QI: tl.constexpr):
 
 
 @triton.jit
-def _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, BC: tl.constexpr,
-             RB: tl.constexpr, BS: tl.constexpr):
+def _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S, SL_N, SL_C, SL_R,
+             SR_N, SR_C, SR_S, BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr):
     """Rows ``r0 .. r0+RB`` of ``Z0`` flattened to ``[F = RB·BS]``, the rank-1 factors
     ``G[i, (r, s)] = l_i[r] r_i[s]`` of those rows ``[BC, F]``, and ``l [BC, RB]``,
-    ``r [BC, BS]``; zero outside the shapes."""
+    ``r [BC, BS]``; zero outside the shapes. ``S*_*``: the tensors' strides."""
     rr = r0 + tl.arange(0, RB)
     ss = tl.arange(0, BS)
     cc = tl.arange(0, BC)
     rm, sm, cm = rr < R, ss < S, cc < C
-    z0 = tl.load(z0_ptr + n * R * S + rr[:, None] * S + ss[None, :],
+    z0 = tl.load(z0_ptr + n * SZ_N + rr[:, None] * SZ_R + ss[None, :] * SZ_S,
                  mask=rm[:, None] & sm[None, :], other=0.0)
-    lb = tl.load(left_ptr + n * C * R + cc[:, None] * R + rr[None, :],
+    lb = tl.load(left_ptr + n * SL_N + cc[:, None] * SL_C + rr[None, :] * SL_R,
                  mask=cm[:, None] & rm[None, :], other=0.0)
-    rb = tl.load(right_ptr + n * C * S + cc[:, None] * S + ss[None, :],
+    rb = tl.load(right_ptr + n * SR_N + cc[:, None] * SR_C + ss[None, :] * SR_S,
                  mask=cm[:, None] & sm[None, :], other=0.0)
     g = tl.reshape(lb[:, :, None] * rb[:, None, :], (BC, RB * BS))
     return tl.reshape(z0, (RB * BS,)), g, lb, rb
 
 
 @triton.jit
-def _gates(decay_ptr, mask_ptr, n, C, BC: tl.constexpr):
+def _gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC: tl.constexpr):
     """``decay [BC]`` and ``mask [BC, BC]`` of one chunk, zero outside ``C``."""
     cc = tl.arange(0, BC)
     cm = cc < C
-    d = tl.load(decay_ptr + n * C + cc, mask=cm, other=0.0)
-    m = tl.load(mask_ptr + n * C * C + cc[:, None] * C + cc[None, :],
+    d = tl.load(decay_ptr + n * SD_N + cc * SD_C, mask=cm, other=0.0)
+    m = tl.load(mask_ptr + n * SM_N + cc[:, None] * SM_T + cc[None, :] * SM_I,
                 mask=cm[:, None] & cm[None, :], other=0.0)
     return d, m
 
 
 @triton.jit
 def token_power_sums_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, out_ptr,
-                            C, R, S, N_RB, Q: tl.constexpr, QI: tl.constexpr,
+                            C, R, S, N_RB, SZ_N, SZ_R, SZ_S, SD_N, SD_C, SM_N, SM_T, SM_I,
+                            SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, Q: tl.constexpr, QI: tl.constexpr,
                             BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr,
                             ROWS: tl.constexpr, PREC: tl.constexpr):
     """``out[n, rb, t] = Σ_{r in block rb, s} |Z_t[r, s]|^Q``; grid ``(N, N_RB)``, a block of
-    ``ROWS`` rows per program, ``RB`` rows (all tokens at once) per step."""
+    ``ROWS`` rows per program, ``RB`` rows (all tokens at once) per step; ``out`` contiguous,
+    the inputs of any strides."""
     n, rb = tl.program_id(0), tl.program_id(1)
-    d, m = _gates(decay_ptr, mask_ptr, n, C, BC)
+    d, m = _gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC)
     acc = tl.zeros((BC,), dtype=tl.float32)
     for r0 in range(rb * ROWS, tl.minimum(rb * ROWS + ROWS, R), RB):
-        z0, g, _, _ = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, BC, RB, BS)
+        z0, g, _, _ = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S,
+                               SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, BC, RB, BS)
         # Eq 29 for every token at once: Z[t, (r, s)] = d_t Z0[r, s] - Σ_i m[t, i] l_i[r] r_i[s]
         z = d[:, None] * z0[None, :] - mm(m, g, PREC)
         acc += tl.sum(_abs_pow(z, Q, QI), 1)
@@ -105,23 +108,27 @@ def token_power_sums_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, ou
 @triton.jit
 def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, g_ptr,
                                      gz0_ptr, gdecay_ptr, gmask_ptr, gleft_ptr, gright_ptr,
-                                     C, R, S, N_RB, Q: tl.constexpr, QI: tl.constexpr,
+                                     C, R, S, N_RB, SZ_N, SZ_R, SZ_S, SD_N, SD_C, SM_N, SM_T,
+                                     SM_I, SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, SG_N, SG_C,
+                                     Q: tl.constexpr, QI: tl.constexpr,
                                      BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr,
                                      ROWS: tl.constexpr, PREC: tl.constexpr):
     """The gradients of :func:`token_power_sums_kernel` (module docstring); ``gdecay``,
-    ``gmask`` and ``gright`` per row block, summed by the caller."""
+    ``gmask`` and ``gright`` per row block, summed by the caller. Outputs contiguous, inputs
+    of any strides."""
     n, rb = tl.program_id(0), tl.program_id(1)
-    d, m = _gates(decay_ptr, mask_ptr, n, C, BC)
+    d, m = _gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC)
     cc = tl.arange(0, BC)
     cm = cc < C
-    gn = tl.load(g_ptr + n * C + cc, mask=cm, other=0.0)
+    gn = tl.load(g_ptr + n * SG_N + cc * SG_C, mask=cm, other=0.0)
     ss = tl.arange(0, BS)
     sm = ss < S
     gd = tl.zeros((BC,), dtype=tl.float32)
     gm = tl.zeros((BC, BC), dtype=tl.float32)
     gr = tl.zeros((BC, BS), dtype=tl.float32)
     for r0 in range(rb * ROWS, tl.minimum(rb * ROWS + ROWS, R), RB):
-        z0, g, lb, rbk = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, BC, RB, BS)
+        z0, g, lb, rbk = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R,
+                                  SZ_S, SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, BC, RB, BS)
         z = d[:, None] * z0[None, :] - mm(m, g, PREC)
         # Φ[t, f] = g_t q sign(Z) |Z|^{q-1}
         if QI > 0:
@@ -150,11 +157,12 @@ def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, righ
 
 
 #: tokens x flattened entries of one step: ``BC · RB · BS`` at most this many
-STEP_ELEMENTS = 64 * 128
+STEP_ELEMENTS = 4096
 #: rows of ``Z`` per program
-ROWS = 32
-#: warps of the forward and the backward kernel
-WARPS = (4, 8)
+ROWS = 16
+#: warps of the forward and the backward kernel (the fastest of those tried on an H200 for
+#: ``C = 64``, a ``256 x 64`` state, one TF32 product)
+WARPS = (4, 4)
 
 
 def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int]:
@@ -181,7 +189,8 @@ def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
     BC, RB, BS, rows, n_rb = _blocks(C, R, S)
     part = torch.empty((N, n_rb, C), dtype=torch.float32, device=z0.device)
     wrap_triton(token_power_sums_kernel)[(N, n_rb)](
-        z0, decay, mask, left, right, part, C, R, S, n_rb, Q=float(q), QI=_q_int(q),
+        z0, decay, mask, left, right, part, C, R, S, n_rb, *z0.stride(), *decay.stride(),
+        *mask.stride(), *left.stride(), *right.stride(), Q=float(q), QI=_q_int(q),
         BC=BC, RB=RB, BS=BS, ROWS=rows, PREC=precision, num_warps=WARPS[0])
     return part.sum(1)
 
@@ -201,28 +210,29 @@ def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.T
     gright = torch.empty((N, n_rb, C, S), dtype=f32, device=dev)
     wrap_triton(token_power_sums_backward_kernel)[(N, n_rb)](
         z0, decay, mask, left, right, g, gz0, gdecay, gmask, gleft, gright,
-        C, R, S, n_rb, Q=float(q), QI=_q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
+        C, R, S, n_rb, *z0.stride(), *decay.stride(), *mask.stride(), *left.stride(),
+        *right.stride(), *g.stride(), Q=float(q), QI=_q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
         PREC=precision, num_warps=WARPS[1])
     return [gz0, gdecay.sum(1), gmask.sum(1), gleft, gright.sum(1)]
 
 
 def token_power_sums(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
                      left: torch.Tensor, right: torch.Tensor, q: float,
-                     precision: str = "tf32x3") -> torch.Tensor:
+                     precision: str = "ieee") -> torch.Tensor:
     """``n[:, t] = Σ_{rs} |Z_t|^q`` with ``Z_t = decay[:, t] Z0 - Σ_i mask[:, t, i] l_i r_i^T``,
     differentiable in every tensor.
 
     Shapes: ``z0 [N, R, S]``, ``decay [N, C]``, ``mask [N, C, C]``, ``left [N, C, R]``,
     ``right [N, C, S]``, float32 -> ``[N, C]`` float32. ``q > 1``; ``precision`` one of
     :data:`PRECISIONS`. The sums are those of the transposed states, so the kernels run on
-    whichever of ``Z``, ``Z^T`` has the shorter rows.
+    whichever of ``Z``, ``Z^T`` has the shorter rows. Any strides: the kernels take each
+    tensor's strides (under ``torch.compile`` an input's layout is inductor's choice).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if z0.shape[2] > z0.shape[1]:  # Σ|Z_t|^q = Σ|Z_t^T|^q, Z_t^T = d_t Z0^T - Σ_i m r_i l_i^T
         z0, left, right = z0.mT, right, left
-    return _power_sums_op(*(x.contiguous() for x in (z0, decay, mask, left, right)), float(q),
-                          precision)
+    return _power_sums_op(z0, decay, mask, left, right, float(q), precision)
 
 
 def _setup_context(ctx, inputs, output):
@@ -232,7 +242,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, g):
-    grads = _power_sums_backward_op(*ctx.saved_tensors, g.contiguous(), ctx.q, ctx.precision)
+    grads = _power_sums_backward_op(*ctx.saved_tensors, g, ctx.q, ctx.precision)
     return (*grads, None, None)
 
 
