@@ -23,7 +23,8 @@ Each program owns a block of rows ``r``: the row-block's parts of ``n_t``, ``∂
 are the block's own.
 
 :func:`token_power_sums` is a ``torch.library`` op with its autograd formula registered, so
-``torch.compile`` and CUDA graphs take it like any other op.
+``torch.compile`` and CUDA graphs take it like any other op: compiled code calls it as an
+opaque op (it launches the kernels itself, on tensors of any strides).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import custom_op
 
 from ._math import mm
 
@@ -180,7 +181,7 @@ def _q_int(q: float) -> int:
     return int(q) if float(q).is_integer() and 2 <= q <= 8 else 0
 
 
-@triton_op("miras::token_power_sums", mutates_args=())
+@custom_op("miras::token_power_sums", mutates_args=())
 def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
                    left: torch.Tensor, right: torch.Tensor, q: float,
                    precision: str) -> torch.Tensor:
@@ -188,14 +189,14 @@ def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
     C = decay.shape[1]
     BC, RB, BS, rows, n_rb = _blocks(C, R, S)
     part = torch.empty((N, n_rb, C), dtype=torch.float32, device=z0.device)
-    wrap_triton(token_power_sums_kernel)[(N, n_rb)](
+    token_power_sums_kernel[(N, n_rb)](
         z0, decay, mask, left, right, part, C, R, S, n_rb, *z0.stride(), *decay.stride(),
         *mask.stride(), *left.stride(), *right.stride(), Q=float(q), QI=_q_int(q),
         BC=BC, RB=RB, BS=BS, ROWS=rows, PREC=precision, num_warps=WARPS[0])
     return part.sum(1)
 
 
-@triton_op("miras::token_power_sums_backward", mutates_args=())
+@custom_op("miras::token_power_sums_backward", mutates_args=())
 def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
                             left: torch.Tensor, right: torch.Tensor, g: torch.Tensor,
                             q: float, precision: str) -> list[torch.Tensor]:
@@ -208,12 +209,23 @@ def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.T
     gdecay = torch.empty((N, n_rb, C), dtype=f32, device=dev)
     gmask = torch.empty((N, n_rb, C, C), dtype=f32, device=dev)
     gright = torch.empty((N, n_rb, C, S), dtype=f32, device=dev)
-    wrap_triton(token_power_sums_backward_kernel)[(N, n_rb)](
+    token_power_sums_backward_kernel[(N, n_rb)](
         z0, decay, mask, left, right, g, gz0, gdecay, gmask, gleft, gright,
         C, R, S, n_rb, *z0.stride(), *decay.stride(), *mask.stride(), *left.stride(),
         *right.stride(), *g.stride(), Q=float(q), QI=_q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
         PREC=precision, num_warps=WARPS[1])
     return [gz0, gdecay.sum(1), gmask.sum(1), gleft, gright.sum(1)]
+
+
+@_power_sums_op.register_fake
+def _(z0, decay, mask, left, right, q, precision):
+    return decay.new_empty(decay.shape)
+
+
+@_power_sums_backward_op.register_fake
+def _(z0, decay, mask, left, right, g, q, precision):
+    return [z0.new_empty(z0.shape), decay.new_empty(decay.shape), mask.new_empty(mask.shape),
+            left.new_empty(left.shape), right.new_empty(right.shape)]
 
 
 def token_power_sums(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
