@@ -227,9 +227,9 @@ def test_float32_inputs_keep_float32():
 def _assert_rel_close(outs, refs, bound):
     """Each tensor's normalised max error ``max|a - b| / max|b|`` is within ``bound``."""
     assert len(outs) == len(refs)
-    for a, b in zip(outs, refs):
+    for i, (a, b) in enumerate(zip(outs, refs)):
         err = conf.max_error(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy())
-        assert err <= bound, (err, tuple(a.shape))
+        assert err <= bound, (i, err, tuple(a.shape))
 
 
 #: compiled float32 vs eager float32: fused kernels round differently, and the MLP memory's

@@ -22,9 +22,11 @@ Each program owns a block of rows ``r``: the row-block's parts of ``n_t``, ``∂
 ``∂L/∂m`` and ``∂L/∂r`` are written per block and summed by torch; ``∂L/∂Z0`` and ``∂L/∂l``
 are the block's own.
 
-:func:`token_power_sums` is a ``torch.library`` op with its autograd formula registered, so
-``torch.compile`` and CUDA graphs take it like any other op: compiled code calls it as an
-opaque op (it launches the kernels itself, on tensors of any strides).
+:func:`token_power_sums` is a ``torch.library`` custom op with its autograd formula
+registered, launching the kernels itself on tensors of any strides. ``torch.compile`` does not
+trace it (``torch.compiler.disable``: a graph break, so ``fullgraph=True`` refuses it): inside
+one compiled graph of two chunks, inductor's use of the op gave wrong gradients on an H200
+(torch 2.11; right on the CPU). CUDA-graph captures take it like any other op.
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ def _(z0, decay, mask, left, right, g, q, precision):
             left.new_empty(left.shape), right.new_empty(right.shape)]
 
 
+@torch.compiler.disable
 def token_power_sums(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
                      left: torch.Tensor, right: torch.Tensor, q: float,
                      precision: str = "ieee") -> torch.Tensor:
