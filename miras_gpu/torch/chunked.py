@@ -24,7 +24,9 @@ Python loop is over chunks. Two read paths, side by side:
   form of TTT / linear attention); see :func:`outer_read`. A **scalar link**
   ``ψ(Z) = s(Z) Z`` (Moneta's simplified ℓq link, ``s = ‖Z‖_q^{2-q}``) reads the same way,
   ``ψ(Z_t) x_t = s_t (Z_t x_t)``; only the numbers ``s_t`` need the per-token states, which
-  are formed inside a checkpoint and not kept (:func:`token_scales`);
+  are formed inside a checkpoint and not kept (:func:`token_scales`), or, for 16-bit inputs
+  on CUDA with scalar gates, never formed: a fused Triton op sums ``|Z_t|^q`` block by block
+  (:mod:`miras_gpu.triton.token_norms`; a graph break under ``torch.compile``);
 * **any link** (ℓq exact, KL, elastic-net FTRL, sigmoid Bregman): the per-token states
   ``Z_t [B, H, C, *shape]`` are formed, ``ψ`` is applied to each, and each query reads its own
   weights. This costs ``C`` copies of the memory per chunk; ``checkpoint=True`` recomputes a
@@ -223,13 +225,8 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
     if g or gd or _token_norms_module() is None:
         return None
     B, H, C = m.shape[:3]
-
-    def flat(x):
-        return x.flatten(0, 1)
-
     total = _token_norms_module().token_power_sums(
-        flat(z0), flat(d), flat(m), flat(grad.left), flat(grad.right), float(ret.q),
-        precision)
+        *(x.flatten(0, 1) for x in (z0, d, m, grad.left, grad.right)), float(ret.q), precision)
     return total.reshape((B, H, C) + (1,) * (z0.ndim - 2))
 
 
