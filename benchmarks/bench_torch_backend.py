@@ -11,13 +11,12 @@ as Markdown to ``--out``.
     python benchmarks/bench_torch_backend.py --out results.md          # GPU
     python benchmarks/bench_torch_backend.py --small --out /tmp/b.md   # CPU smoke test
 
-Yaad (identity link) and Moneta (the ℓq link is one scale per weight matrix) read in the dual
-form and keep no per-token state. Moneta's per-token scales and Memora's softmax reads need
-every token's state: on CUDA with 16-bit inputs they come from fused Triton ops
-(:mod:`miras_gpu.triton.token_norms`, :mod:`miras_gpu.triton.token_softmax`) that never form
-it; ``--token-ops torch`` (or ``both``) times the path that forms the states with torch
-instead, where Memora's forward+backward runs with ``checkpoint=True`` (each chunk recomputed
-in the backward pass) unless ``--checkpoint off``.
+Memora reads through a softmax link, so each chunk forms per-token memory states; its
+forward+backward runs with ``checkpoint=True`` (each chunk is recomputed in the backward pass)
+unless ``--checkpoint off``. Yaad (identity link) and Moneta (the ℓq link is one scale per
+weight matrix) read in the dual form and keep no per-token state; on CUDA, Moneta's per-token
+scales come from the fused Triton op :mod:`miras_gpu.triton.token_norms` (``--norms torch``
+or ``both`` times the path that forms the states with torch instead).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from _common import make_inputs, timed, titans_passes
 import miras_gpu
 from miras_gpu.torch import chunked as torch_chunked
 from miras_gpu.torch import retention as torch_retention
-from miras_gpu.torch.chunked import has_fast_read, keeps_token_states
+from miras_gpu.torch.chunked import has_fast_read
 from miras_ref import zoo
 
 MODELS = ("moneta", "yaad", "memora")
@@ -59,19 +58,18 @@ class Row:
 
 def bench_miras(model, size, device, dtype, args, compiled=False, fused=None) -> list[Row]:
     """``compiled``: False (eager) or an inductor mode for ``compile_chunks``; ``fused``:
-    :data:`miras_gpu.torch.chunked.FUSED_TOKEN_OPS` for this row (``False``: Moneta's
-    norms and Memora's reads from states formed by torch)."""
+    :data:`miras_gpu.torch.chunked.FUSED_POWER_SUMS` for this row (``False``: Moneta's
+    per-token norms from states formed by torch)."""
     cfg = zoo.get(model, size["D"], expansion=size["expansion"])
-    torch_chunked.FUSED_TOKEN_OPS = fused
+    torch_chunked.FUSED_POWER_SUMS = fused
     label = f"miras torch {model}" + (f" (compiled, {compiled})" if compiled else "")
     if fused is False:
-        label += " [states: torch]"
+        label += " [norms: torch]"
     if all(size is not s for s in (FULL, SMALL)):
         label += f" [B=1, T={size['T']}]"
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
     tokens = size["B"] * size["T"]
-    auto = keeps_token_states(cfg, dtype, device) if fused is None else not has_fast_read(cfg)
-    ckpt = {"on": True, "off": False, "auto": auto}[args.checkpoint]
+    ckpt = {"on": True, "off": False, "auto": not has_fast_read(cfg)}[args.checkpoint]
     if compiled == "reduce-overhead":  # CUDA graphs cannot be replayed by a recomputation
         ckpt = False
     op = miras_gpu.scan_chunked
@@ -174,9 +172,9 @@ def main(argv=None) -> int:
                         help="also time compile_chunks with these comma-separated inductor "
                              "modes (default: 'default'; e.g. default,reduce-overhead)")
     parser.add_argument("--no-peer", action="store_true", help="skip titans-pytorch")
-    parser.add_argument("--token-ops", default="fused", choices=["fused", "torch", "both"],
-                        help="Moneta's Σ|Z_t|^q and Memora's softmax reads: the fused Triton "
-                             "ops (default on CUDA), torch (states formed), or rows for both")
+    parser.add_argument("--norms", default="fused", choices=["fused", "torch", "both"],
+                        help="Moneta's per-token Σ|Z_t|^q: the fused Triton op (default on "
+                             "CUDA), torch (states formed), or rows for both")
     parser.add_argument("--tf32", action="store_true",
                         help="float32 matmuls on TF32 tensor cores (as `miras train` runs)")
     parser.add_argument("--long", default="",
@@ -195,7 +193,7 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         platform.processor() or platform.machine())
-    fused_ops = torch_chunked.fused_precision(dtype, device)
+    norms = torch_chunked.fused_precision(dtype, device)
     try:
         import triton
         triton_version = triton.__version__
@@ -204,9 +202,8 @@ def main(argv=None) -> int:
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
            "triton": triton_version, "numpy": np.__version__,
            "python": platform.python_version(),
-           "per-token ops (Moneta's Σ|Z_t|^q, Memora's softmax reads)": (
-               f"fused Triton ops ({fused_ops} products) unless the row says [states: torch]"
-               if fused_ops else "states formed by torch"),
+           "Moneta's Σ|Z_t|^q": (f"fused Triton op ({norms} products) unless the row says "
+                                 "[norms: torch]" if norms else "states formed by torch"),
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
            "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
                                      + ", others the config's (benchmarks/_common.py)",
@@ -214,12 +211,10 @@ def main(argv=None) -> int:
                                                  "warm-up runs"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
     rows = []
-    variants = {"fused": [None], "torch": [False], "both": [None, False]}[args.token_ops]
+    variants = {"fused": [None], "torch": [False], "both": [None, False]}[args.norms]
     for model in args.models.split(","):
-        cfg = zoo.get(model, 8)
-        uses_ops = (torch_retention.scalar_link(cfg.retention) is not None
-                    or torch_chunked.has_softmax_read(cfg))
-        for fused in variants if uses_ops else [None]:
+        scalar = torch_retention.scalar_link(zoo.get(model, 8).retention) is not None
+        for fused in variants if scalar else [None]:
             rows += bench_miras(model, size, device, dtype, args, fused=fused)
             for mode in filter(None, args.compile.split(",")):
                 rows += bench_miras(model, size, device, dtype, args, compiled=mode,

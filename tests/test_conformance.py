@@ -339,23 +339,21 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
 @needs_cuda
 @pytest.mark.parametrize("how", [False, True, "graphs"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize(("model", "op"), [("moneta", "_fused_power_sums"),
-                                           ("memora", "_softmax_read")])
-def test_fused_token_ops_cuda(monkeypatch, model, op, dtype, how):
-    """Moneta's per-token norms and Memora's softmax reads from the fused Triton ops (on by
-    default for 16-bit inputs, forced here for float32 too) against the states formed by
-    torch, eager, compiled and captured: values and gradients. One TF32 product (16-bit
-    inputs) moves them by about 1e-3, full float32 by float32 round-off."""
+def test_fused_power_sums_cuda(monkeypatch, dtype, how):
+    """Moneta's per-token norms from the fused Triton op (on by default for 16-bit inputs,
+    forced here for float32 too) against the states formed by torch, eager, compiled and
+    captured: values and gradients. One TF32 product (16-bit inputs) moves them by about
+    1e-3, full float32 by float32 round-off."""
     from miras_gpu.torch import chunked
 
-    cfg, _, t = _inputs(model, (2, 40, 2, 16), dtype=dtype, requires_grad=True,
+    cfg, _, t = _inputs("moneta", (2, 40, 2, 16), dtype=dtype, requires_grad=True,
                         expansion=2)
     calls = []
-    real = getattr(chunked, op)
-    monkeypatch.setattr(chunked, op, lambda *a: calls.append(1) or real(*a))
+    real = chunked._fused_power_sums
+    monkeypatch.setattr(chunked, "_fused_power_sums", lambda *a: calls.append(1) or real(*a))
     res = []
     for fused in (True, False):
-        monkeypatch.setattr(chunked, "FUSED_TOKEN_OPS", fused)
+        monkeypatch.setattr(chunked, "FUSED_POWER_SUMS", fused)
         y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
                                       initial_state=t["initial_state"], output_final_state=True,
                                       compile_chunks=how)

@@ -34,7 +34,6 @@ try:
     from miras_gpu.triton import mlp as _mlp_kernels  # noqa: E402, F401
     from miras_gpu.triton.cases import kernel_cases, kernel_inputs  # noqa: E402
     from miras_gpu.triton.token_norms import token_power_sums  # noqa: E402
-    from miras_gpu.triton.token_softmax import token_softmax_read  # noqa: E402
 finally:
     # the rest of the session (the registry, the conformance suite) must not see the flag;
     # the fixture below sets it again while this module's tests run
@@ -368,75 +367,25 @@ def test_token_power_sums_against_formed_states(C, R, S, q, layout):
         assert err(a, b) < TOL, name
 
 
-@pytest.mark.parametrize("C,R,S", [(5, 24, 16), (17, 40, 24), (16, 16, 40)])
-def test_token_softmax_read_against_formed_states(C, R, S):
-    """``y[t, r] = Σ_s softmax(Z_t[r, :])[s] x_t[s]`` (Memora's read, Eq 19-21 and 29) and all
-    six input gradients, float32 kernels against float64 autograd of the formed states;
-    ``x`` column-major (the kernels take strides)."""
-    gen = torch.Generator().manual_seed(C)
-    N = 3
-    shapes = [(N, R, S), (N, C), (N, C, C), (N, C, R), (N, C, S), (N, C, S)]
-    gold_in = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
-    gold_in[1], gold_in[2] = gold_in[1].exp(), gold_in[2].exp().tril()
-    mine_in = _leaves(gold_in, torch.float32)
-    mine_in[5] = mine_in[5].detach().mT.contiguous().mT.requires_grad_(True)
-    gold_in = _leaves(gold_in, torch.float64)
-    z0, d, m, left, right, x = gold_in
-    z_t = d[..., None, None] * z0[:, None] - torch.einsum("nti,nir,nis->ntrs", m, left, right)
-    gold = (torch.softmax(z_t, -1) * x[:, :, None, :]).sum(-1)
-    mine = token_softmax_read(*mine_in, "ieee")
-    assert mine.shape == (N, C, R)
-    assert err(mine, gold) < TOL
-    cot = torch.randn(gold.shape, generator=gen, dtype=torch.float64)
-    for name, a, b in zip(["z0", "decay", "mask", "left", "right", "x"],
-                          torch.autograd.grad(mine, mine_in, cot.float()),
-                          torch.autograd.grad(gold, gold_in, cot)):
-        assert err(a, b) < TOL, name
-
-
-def test_memora_torch_backend_with_fused_softmax_reads(monkeypatch):
-    """The torch backend's chunked Memora (lag token) with its reads from the fused softmax op
-    (float32) against the torch backend in float64 (states formed): outputs, final state,
-    every gradient, within the bound of the states formed in float32 (:func:`_torch32_tol`)."""
-    from miras_gpu.torch import chunked as torch_chunked
-
-    cfg = zoo.memora(D)
-    q, k, v, gates, init = make_inputs(cfg)
-    tol = _torch32_tol(cfg, q, k, v, gates, init)  # the states formed by torch in float32
-    calls = []
-    real = torch_chunked._softmax_read
-    monkeypatch.setattr(torch_chunked, "_softmax_read", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(torch_chunked, "FUSED_TOKEN_OPS", True)
-    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
-                                          mine_op=torch_ops.scan_chunked)
-    assert calls
-    assert err(my, gy) <= tol
-    for n in gf:
-        assert err(mf[n], gf[n]) <= tol, n
-    for n in gg:
-        assert err(mg[n], gg[n]) <= tol, n
-
-
 def test_moneta_torch_backend_with_fused_norms(monkeypatch):
     """The torch backend's chunked Moneta with its per-token norms from the fused op (float32)
     against the torch backend in float64 (states formed): outputs, final state, every
-    gradient, within the bound of the states formed in float32 (:func:`_torch32_tol`)."""
+    gradient."""
     from miras_gpu.torch import chunked as torch_chunked
 
     cfg = zoo.moneta(D)
     q, k, v, gates, init = make_inputs(cfg)
-    tol = _torch32_tol(cfg, q, k, v, gates, init)  # the states formed by torch in float32
     calls = []
     real = torch_chunked._fused_power_sums
     monkeypatch.setattr(torch_chunked, "_fused_power_sums",
                         lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(torch_chunked, "FUSED_TOKEN_OPS", True)
+    monkeypatch.setattr(torch_chunked, "FUSED_POWER_SUMS", True)
     (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
                                           mine_op=torch_ops.scan_chunked)
     assert calls and all(c is not None for c in calls)
-    assert err(my, gy) <= tol
+    assert err(my, gy) < TOL
     for n in gf:
-        assert err(mf[n], gf[n]) <= tol, n
+        assert err(mf[n], gf[n]) < TOL, n
     for n in gg:
-        assert err(mg[n], gg[n]) <= tol, n
+        assert err(mg[n], gg[n]) < TOL, n
 

@@ -43,7 +43,6 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from miras_ref.chunked import check_chunkable as ref_check_chunkable
 from miras_ref.memory import MatrixMemory, MLPMemory
-from miras_ref.retention import KLRetention
 
 from . import algorithms as algs
 from . import bias as biases
@@ -174,20 +173,20 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
     return out
 
 
-#: The fused Triton ops that stand in for every token's state, for scalar gates: Moneta's
-#: sums ``Σ|Z_t|^q`` (:func:`miras_gpu.triton.token_norms.token_power_sums`) and Memora's
-#: row-softmax reads (:func:`miras_gpu.triton.token_softmax.token_softmax_read`). ``None``:
-#: for 16-bit inputs on CUDA when Triton imports; ``True``: for every input (float32 ones and
-#: the CPU under ``TRITON_INTERPRET=1`` included, for tests); ``False``: never.
-FUSED_TOKEN_OPS: bool | None = None
-#: ``tl.dot`` precision of those ops (:data:`miras_gpu.triton.token_norms.PRECISIONS`) for
-#: every call; ``None``: :func:`fused_precision` picks one per call
+#: Moneta's per-token sums ``Σ|Z_t|^q`` by the Triton op
+#: :func:`miras_gpu.triton.token_norms.token_power_sums` (states never formed), for scalar
+#: gates: ``None`` for 16-bit inputs on CUDA when Triton imports, ``True`` for every input
+#: (float32 ones and the CPU under ``TRITON_INTERPRET=1`` included, for tests), ``False``
+#: never.
+FUSED_POWER_SUMS: bool | None = None
+#: ``tl.dot`` precision of that op (:data:`miras_gpu.triton.token_norms.PRECISIONS`) for every
+#: call; ``None``: :func:`fused_precision` picks one per call
 FUSED_PRECISION: str | None = None
 
 
 def fused_precision(input_dtype: torch.dtype, device: torch.device) -> str | None:
-    """The ``tl.dot`` precision of the fused per-token ops for inputs of ``input_dtype`` on
-    ``device``, or None where they are not used (:data:`FUSED_TOKEN_OPS`).
+    """The ``tl.dot`` precision of the fused op for inputs of ``input_dtype`` on ``device``,
+    or None where the op is not used (:data:`FUSED_POWER_SUMS`).
 
     One TF32 product for 16-bit inputs (it moves the sums by about 1e-7 and their gradients by
     about 1e-3, relative, measured on an H200: within the bounds of 16-bit inputs), full
@@ -195,27 +194,19 @@ def fused_precision(input_dtype: torch.dtype, device: torch.device) -> str | Non
     states by default: the op's float32 backward runs on the FMA units and is slower there.
     """
     half = input_dtype in (torch.bfloat16, torch.float16)
-    if FUSED_TOKEN_OPS is False or (FUSED_TOKEN_OPS is None
+    if FUSED_POWER_SUMS is False or (FUSED_POWER_SUMS is None
                                      and not (half and device.type == "cuda")):
         return None
     return FUSED_PRECISION or ("tf32" if half else "ieee")
 
 
 @functools.cache
-def _fused_ops():
-    """``(token_norms, token_softmax)`` of :mod:`miras_gpu.triton`, or None without Triton."""
+def _token_norms_module():
     try:
-        from ..triton import token_norms, token_softmax
+        from ..triton import token_norms
     except ImportError:
         return None
-    return token_norms, token_softmax
-
-
-def _scalar_gated(decay, mask):
-    """``(decay [B, H, C], mask [B, H, C, C])`` when both gates are scalar, else None."""
-    m, g = _gated(mask, 4, "rs")
-    d, gd = _gated(decay, 3, "rs")
-    return None if g or gd else (d, m)
+    return token_norms
 
 
 def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
@@ -227,12 +218,14 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
     """
     if precision is None or not isinstance(grad, Outer) or ret.q <= 1:
         return None
-    gates = _scalar_gated(decay, mask)
-    if z0.dtype != torch.float32 or gates is None or _fused_ops() is None:
+    if z0.dtype != torch.float32:
         return None
-    d, m = gates
+    m, g = _gated(mask, 4, "rs")
+    d, gd = _gated(decay, 3, "rs")
+    if g or gd or _token_norms_module() is None:
+        return None
     B, H, C = m.shape[:3]
-    total = _fused_ops()[0].token_power_sums(
+    total = _token_norms_module().token_power_sums(
         *(x.flatten(0, 1) for x in (z0, d, m, grad.left, grad.right)), float(ret.q), precision)
     return total.reshape((B, H, C) + (1,) * (z0.ndim - 2))
 
@@ -284,65 +277,6 @@ def _use_fast_read(config, coeffs) -> bool:
     return all(_gated(mask, 4, "rs")[1] != "rs" for _, mask in coeffs.values())
 
 
-def _softmax_read(z0, decay, mask, grad, x, precision):
-    """``softmax(Z_t) x_t`` (rows) for every token by the fused Triton op: ``z0 [B, H, r, s]``,
-    scalar ``decay [B, H, C]``, ``mask [B, H, C, C]``, ``grad`` an :class:`Outer`,
-    ``x [B, H, C, s]`` -> ``[B, H, C, r]``."""
-    B, H = z0.shape[:2]
-    y = _fused_ops()[1].token_softmax_read(
-        *(t.flatten(0, 1) for t in (z0, decay, mask, grad.left, grad.right, x)), precision)
-    return y.unflatten(0, (B, H))
-
-
-def _matrix_softmax_read(config, z0, gates, grads, q, precision):
-    """``y_t = c softmax(Z_t) q_t`` (Eq 19-21, rows) by :func:`_softmax_read`."""
-    return config.retention.c * _softmax_read(z0["W"], *gates["W"], grads["W"], q, precision)
-
-
-def _mlp_softmax_read(config, z0, gates, grads, q, precision):
-    """``y_t = q_t + LN(W1_t σ(W2_t q_t))`` with ``W_t = c softmax(Z_t)`` (rows), both layers
-    by :func:`_softmax_read` (Memora)."""
-    c = config.retention.c
-    h = c * _softmax_read(z0["W2"], *gates["W2"], grads["W2"], q, precision)
-    z = c * _softmax_read(z0["W1"], *gates["W1"], grads["W1"], memories.gelu(h), precision)
-    u, _ = memories.layer_norm(z, config.memory.eps)
-    return q + u
-
-
-SOFTMAX_READS = {MatrixMemory: _matrix_softmax_read, MLPMemory: _mlp_softmax_read}
-
-
-def has_softmax_read(config) -> bool:
-    """The link of ``config`` is a row softmax (KL retention, ``axis=-1``, Memora) on a matrix
-    or MLP memory: with scalar gates its chunked form can read on the fused softmax op."""
-    ret = config.retention
-    return (isinstance(ret, KLRetention) and ret.axis == -1
-            and type(config.memory) in SOFTMAX_READS)
-
-
-def keeps_token_states(config, input_dtype: torch.dtype, device: torch.device) -> bool:
-    """The chunked form of ``config`` keeps every token's state per chunk for autograd (so
-    ``checkpoint=True`` pays): neither the dual-form read nor, for these inputs, the fused
-    softmax read applies (scalar gates assumed)."""
-    fused = fused_precision(input_dtype, device) is not None and _fused_ops() is not None
-    return not (has_fast_read(config) or (fused and has_softmax_read(config)))
-
-
-def _softmax_read_gates(config, z, coeffs, grads, precision) -> dict | None:
-    """The scalar gates ``{name: (decay, mask)}`` when the chunk's reads can run on the fused
-    softmax op (a row-softmax KL link, scalar gates, rank-1 gradients, float32 states, a
-    ``precision``), else None."""
-    if precision is None or not has_softmax_read(config) or _fused_ops() is None:
-        return None
-    gates = {}
-    for n, (decay, mask) in coeffs.items():
-        gates[n] = _scalar_gated(decay, mask)
-        if (gates[n] is None or not isinstance(grads[n], Outer)
-                or z[n].dtype != torch.float32):
-            return None
-    return gates
-
-
 # --------------------------------------------------------------------------------------------
 # one chunk
 
@@ -369,14 +303,9 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
     grads = memories.token_grads(mem, anchor, k, dy)  # per token, as factors
     coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
 
-    softmax_gates = _softmax_read_gates(config, z, coeffs, grads, norm_precision) if fast \
-        else None
-    if softmax_gates is not None or (fast and _use_fast_read(config, coeffs)):
-        if softmax_gates is not None:  # y_t = M(c softmax(Z_t), q_t), states never formed
-            y = SOFTMAX_READS[type(mem)](config, z, softmax_gates, grads, q, norm_precision)
-        else:
-            scales = token_scales(config, z, coeffs, grads, norm_precision)  # None: identity
-            y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
+    if fast and _use_fast_read(config, coeffs):
+        scales = token_scales(config, z, coeffs, grads, norm_precision)  # None: identity
+        y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
         z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
                  for n in own}
         return y, z_end

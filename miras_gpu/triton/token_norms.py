@@ -56,7 +56,7 @@ def _abs_pow(z, Q, QI: tl.constexpr):
 
 
 @triton.jit
-def subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S, SL_N, SL_C, SL_R,
+def _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S, SL_N, SL_C, SL_R,
              SR_N, SR_C, SR_S, BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr):
     """Rows ``r0 .. r0+RB`` of ``Z0`` flattened to ``[F = RB·BS]``, the rank-1 factors
     ``G[i, (r, s)] = l_i[r] r_i[s]`` of those rows ``[BC, F]``, and ``l [BC, RB]``,
@@ -76,7 +76,7 @@ def subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S, SL_N,
 
 
 @triton.jit
-def chunk_gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC: tl.constexpr):
+def _gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC: tl.constexpr):
     """``decay [BC]`` and ``mask [BC, BC]`` of one chunk, zero outside ``C``."""
     cc = tl.arange(0, BC)
     cm = cc < C
@@ -96,10 +96,10 @@ def token_power_sums_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, ou
     ``ROWS`` rows per program, ``RB`` rows (all tokens at once) per step; ``out`` contiguous,
     the inputs of any strides."""
     n, rb = tl.program_id(0), tl.program_id(1)
-    d, m = chunk_gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC)
+    d, m = _gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC)
     acc = tl.zeros((BC,), dtype=tl.float32)
     for r0 in range(rb * ROWS, tl.minimum(rb * ROWS + ROWS, R), RB):
-        z0, g, _, _ = subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S,
+        z0, g, _, _ = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R, SZ_S,
                                SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, BC, RB, BS)
         # Eq 29 for every token at once: Z[t, (r, s)] = d_t Z0[r, s] - Σ_i m[t, i] l_i[r] r_i[s]
         z = d[:, None] * z0[None, :] - mm(m, g, PREC)
@@ -120,15 +120,17 @@ def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, righ
     ``gmask`` and ``gright`` per row block, summed by the caller. Outputs contiguous, inputs
     of any strides."""
     n, rb = tl.program_id(0), tl.program_id(1)
-    d, m = chunk_gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC)
+    d, m = _gates(decay_ptr, mask_ptr, n, C, SD_N, SD_C, SM_N, SM_T, SM_I, BC)
     cc = tl.arange(0, BC)
     cm = cc < C
     gn = tl.load(g_ptr + n * SG_N + cc * SG_C, mask=cm, other=0.0)
+    ss = tl.arange(0, BS)
+    sm = ss < S
     gd = tl.zeros((BC,), dtype=tl.float32)
     gm = tl.zeros((BC, BC), dtype=tl.float32)
     gr = tl.zeros((BC, BS), dtype=tl.float32)
     for r0 in range(rb * ROWS, tl.minimum(rb * ROWS + ROWS, R), RB):
-        z0, g, lb, rbk = subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R,
+        z0, g, lb, rbk = _subtile(z0_ptr, left_ptr, right_ptr, n, r0, C, R, S, SZ_N, SZ_R,
                                   SZ_S, SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, BC, RB, BS)
         z = d[:, None] * z0[None, :] - mm(m, g, PREC)
         # Φ[t, f] = g_t q sign(Z) |Z|^{q-1}
@@ -137,43 +139,19 @@ def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, righ
         else:
             sg = tl.where(z > 0.0, 1.0, tl.where(z < 0.0, -1.0, 0.0))
             phi = (gn * Q)[:, None] * sg * _abs_pow(z, Q - 1.0, 0)
-        gd, gm, gr = backprop_step(phi, z0, d, m, g, lb, rbk, gd, gm, gr, gz0_ptr, gleft_ptr,
-                                   n, r0, C, R, S, BC, RB, BS, PREC)
-    store_partials(gd, gm, gr, gdecay_ptr, gmask_ptr, gright_ptr, n * N_RB + rb, C, S, BC, BS)
-
-
-@triton.jit
-def backprop_step(phi, z0, d, m, g, lb, rbk, gd, gm, gr, gz0_ptr, gleft_ptr, n, r0, C, R, S,
-                  BC: tl.constexpr, RB: tl.constexpr, BS: tl.constexpr, PREC: tl.constexpr):
-    """One step of rows ``r0 .. r0+RB`` of the backward through ``Z = d Z0 - M G`` given
-    ``Φ = ∂L/∂Z [BC, RB·BS]``: stores the rows' ``∂L/∂Z0`` and ``∂L/∂l`` (contiguous
-    ``[N, R, S]`` and ``[N, C, R]``), returns the accumulators ``∂L/∂d [BC]``, ``∂L/∂M
-    [BC, BC]`` and ``∂L/∂r [BC, BS]`` with the step added."""
-    cc = tl.arange(0, BC)
-    rr = r0 + tl.arange(0, RB)
-    ss = tl.arange(0, BS)
-    cm, rm, sm = cc < C, rr < R, ss < S
-    gz0 = tl.reshape(tl.sum(d[:, None] * phi, 0), (RB, BS))  # Σ_t d_t Φ_t
-    tl.store(gz0_ptr + n * R * S + rr[:, None] * S + ss[None, :], gz0,
-             mask=rm[:, None] & sm[None, :])
-    gd += tl.sum(z0[None, :] * phi, 1)  # <Z0, Φ_t>
-    gm -= mm(phi, tl.trans(g), PREC)  # ∂/∂m[t, i] = -Σ_f Φ[t, f] G[i, f]
-    gg = tl.reshape(-mm(tl.trans(m), phi, PREC), (BC, RB, BS))  # ∂/∂G[i, (r, s)]
-    gl = tl.sum(gg * rbk[:, None, :], 2)  # [BC, RB]: Σ_s ∂G[i, r, s] r_i[s]
-    tl.store(gleft_ptr + n * C * R + cc[:, None] * R + rr[None, :], gl,
-             mask=cm[:, None] & rm[None, :])
-    gr += tl.sum(gg * lb[:, :, None], 1)  # [BC, BS]: Σ_r ∂G[i, r, s] l_i[r]
-    return gd, gm, gr
-
-
-@triton.jit
-def store_partials(gd, gm, gr, gdecay_ptr, gmask_ptr, gright_ptr, part, C, S,
-                   BC: tl.constexpr, BS: tl.constexpr):
-    """A program's parts of ``∂L/∂d``, ``∂L/∂M`` and ``∂L/∂r`` into row ``part`` of the
-    contiguous ``[N·N_RB, C]``, ``[N·N_RB, C, C]`` and ``[N·N_RB, C, S]`` buffers."""
-    cc = tl.arange(0, BC)
-    ss = tl.arange(0, BS)
-    cm, sm = cc < C, ss < S
+        rr = r0 + tl.arange(0, RB)
+        rm = rr < R
+        gz0 = tl.reshape(tl.sum(d[:, None] * phi, 0), (RB, BS))
+        tl.store(gz0_ptr + n * R * S + rr[:, None] * S + ss[None, :], gz0,
+                 mask=rm[:, None] & sm[None, :])
+        gd += tl.sum(z0[None, :] * phi, 1)
+        gm -= mm(phi, tl.trans(g), PREC)  # ∂/∂m[t, i] = -Σ_f Φ[t, f] G[i, f]
+        gg = tl.reshape(-mm(tl.trans(m), phi, PREC), (BC, RB, BS))  # ∂/∂G[i, (r, s)]
+        gl = tl.sum(gg * rbk[:, None, :], 2)  # [BC, RB]: Σ_s ∂G[i, r, s] r_i[s]
+        tl.store(gleft_ptr + n * C * R + cc[:, None] * R + rr[None, :], gl,
+                 mask=cm[:, None] & rm[None, :])
+        gr += tl.sum(gg * lb[:, :, None], 1)  # [BC, BS]: Σ_r ∂G[i, r, s] l_i[r]
+    part = n * N_RB + rb
     tl.store(gdecay_ptr + part * C + cc, gd, mask=cm)
     tl.store(gmask_ptr + part * C * C + cc[:, None] * C + cc[None, :], gm,
              mask=cm[:, None] & cm[None, :])
@@ -190,7 +168,7 @@ ROWS = 16
 WARPS = (4, 4)
 
 
-def blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int]:
+def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int]:
     """``(BC, RB, BS, ROWS, row blocks)``: whole ``C`` and ``S`` axes (powers of two, at
     least 16 for ``tl.dot``), ``RB`` rows per step, ``ROWS`` rows per program."""
     BC = max(16, triton.next_power_of_2(C))
@@ -211,7 +189,7 @@ def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
                    precision: str) -> torch.Tensor:
     N, R, S = z0.shape
     C = decay.shape[1]
-    BC, RB, BS, rows, n_rb = blocks(C, R, S)
+    BC, RB, BS, rows, n_rb = _blocks(C, R, S)
     part = torch.empty((N, n_rb, C), dtype=torch.float32, device=z0.device)
     token_power_sums_kernel[(N, n_rb)](
         z0, decay, mask, left, right, part, C, R, S, n_rb, *z0.stride(), *decay.stride(),
@@ -226,7 +204,7 @@ def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.T
                             q: float, precision: str) -> list[torch.Tensor]:
     N, R, S = z0.shape
     C = decay.shape[1]
-    BC, RB, BS, rows, n_rb = blocks(C, R, S)
+    BC, RB, BS, rows, n_rb = _blocks(C, R, S)
     f32, dev = torch.float32, z0.device
     gz0 = torch.empty((N, R, S), dtype=f32, device=dev)
     gleft = torch.empty((N, C, R), dtype=f32, device=dev)
