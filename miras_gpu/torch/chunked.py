@@ -216,16 +216,16 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
     ``z0 [B, H, r, s]``, ``decay [B, H, C, 1, 1]``, ``mask [B, H, C, C, 1, 1]``, ``grad`` an
     :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``.
     """
-    if precision is None or not isinstance(grad, Outer) or ret.q <= 1:
-        return None
-    if z0.dtype != torch.float32:
+    if (precision is None or not isinstance(grad, Outer) or ret.q <= 1
+            or z0.dtype != torch.float32):
         return None
     m, g = _gated(mask, 4, "rs")
     d, gd = _gated(decay, 3, "rs")
-    if g or gd or _token_norms_module() is None:
+    ops = None if g or gd else _token_norms_module()  # Triton imported only when used
+    if ops is None:
         return None
     B, H, C = m.shape[:3]
-    total = _token_norms_module().token_power_sums(
+    total = ops.token_power_sums(
         *(x.flatten(0, 1) for x in (z0, d, m, grad.left, grad.right)), float(ret.q), precision)
     return total.reshape((B, H, C) + (1,) * (z0.ndim - 2))
 

@@ -241,7 +241,7 @@ def token_power_sums(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
     ``right [N, C, S]``, float32 -> ``[N, C]`` float32. ``q > 1``; ``precision`` one of
     :data:`PRECISIONS`. The sums are those of the transposed states, so the kernels run on
     whichever of ``Z``, ``Z^T`` has the shorter rows. Any strides: the kernels take each
-    tensor's strides (under ``torch.compile`` an input's layout is inductor's choice).
+    tensor's strides, so the transposed ``Z0`` is read in place.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
