@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -190,19 +191,32 @@ def cmd_train(a) -> int:
             rank=a.rank, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
             vocab_size=a.vocab_size, num_pairs=a.num_pairs, progress=not a.no_progress)
         summary = train(cfg)
-    if summary.get("world_size", 1) > 1 and not _is_main():
-        return 0
-    ev = summary.get("eval") or {}
-    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
-          f"{summary['tok_per_s']:.0f} tokens/s"
-          + (f", eval accuracy {ev['accuracy']:.3f}" if ev else "")
-          + f"; outputs in {cfg.out}")
+    if _is_main():
+        ev = summary.get("eval") or {}
+        print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+              f"{summary['tok_per_s']:.0f} tokens/s"
+              + (f", eval accuracy {ev['accuracy']:.3f}" if ev else "")
+              + f"; outputs in {cfg.out}")
+    if summary.get("world_size", 1) > 1:
+        _leave_finished_rank()
     return 0
 
 
-def _is_main() -> bool:
-    import os
+def _leave_finished_rank():
+    """End one process of a finished ``torchrun`` job at once, without interpreter teardown.
 
+    ``train`` has written every output and destroyed the process group, but DTensor's caches
+    keep FSDP's device mesh, and with it the backend object, alive until the interpreter tears
+    down. A 2-process gloo FSDP run once aborted at its end ("terminate called without an
+    active exception"), which made a finished job fail; leaving with ``os._exit`` skips that
+    teardown.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
