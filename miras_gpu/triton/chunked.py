@@ -21,7 +21,9 @@ anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
 
 Covered by the kernels: plain GD (:class:`miras_ref.algorithms.GD`), the matrix memory with
-``d_k, d_v <= 128`` and the MLP memory with ``d <= 128``; biases dot product, ℓ2, ℓp (smooth
+``d_k, d_v <= 128`` and the MLP memory with ``d <= 128`` (at ``d = 128`` with 16-bit inputs
+the state kernel needs 288 KiB of shared memory, more than Hopper's 227 KiB: those calls fall
+back to the torch backend, :mod:`miras_gpu.triton.resources`); biases dot product, ℓ2, ℓp (smooth
 or exact) and Huber mixture (smooth or exact, per-token or channel-wise δ); retention ℓ2 (both
 anchors), ℓq (matrix: simplified and exact links; MLP: simplified, Moneta's) and KL (matrix:
 softmax per row or over the whole matrix; MLP: per row, Memora's); scalar per-token ``eta``
@@ -288,6 +290,7 @@ def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | No
     hidden = 64
     if plan.kind == "mlp":
         # d = 128 with 64-wide hidden blocks needs more than the 227 KiB of shared memory
+        # (with TF32x3 products, 16-bit inputs, 32-wide blocks do not fit either: 288 KiB)
         hidden = block_hidden or min(64 if big <= 64 else 32, _pow2(mem.hidden))
     prec = dot_precision(plan, q.dtype, precision)
     block_c = _pow2(chunk_size)

@@ -1,0 +1,62 @@
+"""miras_gpu.triton.resources: the backend's launches recorded under the interpreter and
+compiled for sm_90 on the CPU (shared memory from Triton, registers from ptxas).
+
+The command runs in a child process: this session's other test modules import the kernels
+under the interpreter, and compiling needs them imported without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+from miras_gpu.triton import resources  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def deltanet_rows(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resources") / "rows.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "miras_gpu.triton.resources", "--models",
+                           "deltanet", "--dims", "16", "--dtypes", "float32", "--chunk", "16",
+                           "--json", str(path)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "matrix_state_kernel" in proc.stdout
+    return json.loads(path.read_text())
+
+
+def test_records_the_backends_forward_and_backward_launches(deltanet_rows):
+    kernels = [r["kernel"] for r in deltanet_rows]
+    # DeltaNet at d = 16 runs forward and backward on kernels (docs/kernels.md): state pass,
+    # reads, then the backward's state-gradient pass and chunk-parallel gradients
+    assert kernels[:2] == ["matrix_state_kernel", "matrix_output_kernel"]
+    assert len(kernels) > 2 and all(k.startswith("matrix_") for k in kernels)
+    first = deltanet_rows[0]
+    assert first["args"]["k_ptr"] == {"ptr": "fp32"}
+    assert first["args"]["BK"] == {"value": 16} and first["args"]["PREC"] == {"value": "ieee"}
+
+
+def test_compiles_each_launch_for_sm90(deltanet_rows):
+    for r in deltanet_rows:
+        # a 16 x 16 state and 16-token chunks: a few KiB of tiles, well under the limit
+        assert 0 < r["shared"] <= resources.SM90_SHARED_BYTES, r["kernel"]
+        assert 0 < r["registers"] <= 255, r["kernel"]
+        assert r["spill_bytes"] >= 0
+    text = resources.table(deltanet_rows)
+    assert "`matrix_state_kernel`" in text and "**no**" not in text
+
+
+def test_table_flags_a_kernel_over_the_limit(deltanet_rows):
+    big = {**deltanet_rows[0], "shared": resources.SM90_SHARED_BYTES + 1}
+    assert "| **no** |" in resources.table([big])
+
+
+def test_record_refuses_without_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        resources.record(models=["deltanet"], dims=[16])
