@@ -1,11 +1,14 @@
 """miras_gpu.triton.resources: the backend's launches recorded under the interpreter and
 compiled for sm_90 on the CPU (shared memory from Triton, registers from ptxas).
 
-The command runs in a child process: this session's other test modules import the kernels
-under the interpreter, and compiling needs them imported without it."""
+The command runs in a child process: tests/test_triton.py imports the kernels under the
+interpreter, and compiling needs them imported without it. Nothing here imports triton
+while the test modules are collected (test_triton.py must be first to import it);
+:func:`_resources` imports the module inside the tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,9 +16,14 @@ import sys
 
 import pytest
 
-pytest.importorskip("triton")
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("needs triton", allow_module_level=True)
 
-from miras_gpu.triton import resources  # noqa: E402
+
+def _resources():
+    from miras_gpu.triton import resources
+
+    return resources
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +50,7 @@ def test_records_the_backends_forward_and_backward_launches(deltanet_rows):
 
 
 def test_compiles_each_launch_for_sm90(deltanet_rows):
+    resources = _resources()
     for r in deltanet_rows:
         # a 16 x 16 state and 16-token chunks: a few KiB of tiles, well under the limit
         assert 0 < r["shared"] <= resources.SM90_SHARED_BYTES, r["kernel"]
@@ -52,11 +61,13 @@ def test_compiles_each_launch_for_sm90(deltanet_rows):
 
 
 def test_table_flags_a_kernel_over_the_limit(deltanet_rows):
+    resources = _resources()
     big = {**deltanet_rows[0], "shared": resources.SM90_SHARED_BYTES + 1}
     assert "| **no** |" in resources.table([big])
 
 
 def test_record_refuses_without_the_interpreter(monkeypatch):
+    resources = _resources()
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         resources.record(models=["deltanet"], dims=[16])
