@@ -115,17 +115,14 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def _without_warnings(stderr: str) -> str:
-    """stderr of a torchrun job less its warnings (each warning line and the source line after
-    it), so that a failure message shows the ranks' own output."""
-    lines, keep, skip = stderr.splitlines(), [], False
-    for line in lines:
-        if skip:
-            skip = False
-            continue
-        if "Warning:" in line:
-            skip = True
-            continue
-        keep.append(line)
+    """stderr of a torchrun job less its warnings (each warning line and the indented source
+    line Python prints after it), so that a failure message shows the ranks' own output."""
+    keep, after_warning = [], False
+    for line in stderr.splitlines():
+        source = after_warning and line[:1].isspace()
+        after_warning = "Warning:" in line
+        if not (after_warning or source):
+            keep.append(line)
     return "\n".join(keep)
 
 

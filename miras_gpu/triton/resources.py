@@ -76,12 +76,6 @@ def _intercepted(launches: list):
         InterpretedFunction.run = real
 
 
-def _model_config(name: str, d: int):
-    from .cases import kernel_cases
-
-    return kernel_cases(d)[name][0]
-
-
 def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int = 64,
            tokens: int | None = None) -> list[dict]:
     """The launches of the ``triton`` backend's chunked op, forward and backward, for each
@@ -99,12 +93,12 @@ def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int
     from .. import torch as torch_ops
     from ..torch import chunked as torch_chunked
     from . import scan_chunked
-    from .cases import kernel_inputs
+    from .cases import kernel_cases, kernel_inputs
 
     out = []
     for name in models:
         for d in dims:
-            cfg = _model_config(name, d)
+            cfg = kernel_cases(d)[name][0]
             for dtype in dtypes:
                 dt = getattr(torch, dtype)
                 q, k, v, gates, init = kernel_inputs(cfg, tokens or chunk + 3, h=1)
@@ -127,10 +121,12 @@ def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int
 
 @contextlib.contextmanager
 def _fused_norms(torch_chunked, dtype):
-    """The torch backend's fused-norm switches as on a CUDA device for ``dtype``."""
+    """The torch backend's fused-norm switches set to its own choice for ``dtype`` on a CUDA
+    device (the recorded calls run on the CPU, where it would not use the op)."""
     saved = torch_chunked.FUSED_POWER_SUMS, torch_chunked.FUSED_PRECISION
-    torch_chunked.FUSED_POWER_SUMS = dtype != torch.float32
-    torch_chunked.FUSED_PRECISION = torch_chunked.fused_precision(dtype, torch.device("cuda"))
+    precision = torch_chunked.fused_precision(dtype, torch.device("cuda"))
+    torch_chunked.FUSED_POWER_SUMS = precision is not None
+    torch_chunked.FUSED_PRECISION = precision
     try:
         yield
     finally:
