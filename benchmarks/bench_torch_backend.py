@@ -38,6 +38,7 @@ from miras_gpu.torch.chunked import has_fast_read
 from miras_ref import zoo
 
 MODELS = ("moneta", "yaad", "memora")
+DEFAULT_NORM_BLOCK = torch_chunked.NORM_BLOCK
 FULL = dict(B=4, T=4096, H=16, D=64, expansion=4, chunk=64)
 SMALL = dict(B=1, T=128, H=2, D=16, expansion=2, chunk=16)
 
@@ -56,15 +57,20 @@ class Row:
         return None if self.seconds is None else self.tokens / self.seconds
 
 
-def bench_miras(model, size, device, dtype, args, compiled=False, fused=None) -> list[Row]:
+def bench_miras(model, size, device, dtype, args, compiled=False, fused=None,
+                norm_block="default") -> list[Row]:
     """``compiled``: False (eager) or an inductor mode for ``compile_chunks``; ``fused``:
     :data:`miras_gpu.torch.chunked.FUSED_POWER_SUMS` for this row (``False``: Moneta's
-    per-token norms from states formed by torch)."""
+    per-token norms from states formed by torch); ``norm_block``:
+    :data:`miras_gpu.torch.chunked.NORM_BLOCK` for this row (``"default"``: the module's)."""
     cfg = zoo.get(model, size["D"], expansion=size["expansion"])
     torch_chunked.FUSED_POWER_SUMS = fused
+    torch_chunked.NORM_BLOCK = DEFAULT_NORM_BLOCK if norm_block == "default" else norm_block
     label = f"miras torch {model}" + (f" (compiled, {compiled})" if compiled else "")
     if fused is False:
         label += " [norms: torch]"
+    elif norm_block != "default":
+        label += f" [norm block {norm_block}]"
     if all(size is not s for s in (FULL, SMALL)):
         label += f" [B=1, T={size['T']}]"
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
@@ -175,6 +181,10 @@ def main(argv=None) -> int:
     parser.add_argument("--norms", default="fused", choices=["fused", "torch", "both"],
                         help="Moneta's per-token Σ|Z_t|^q: the fused Triton op (default on "
                              "CUDA), torch (states formed), or rows for both")
+    parser.add_argument("--norm-blocks", default="",
+                        help="also time Moneta's fused norms with these comma-separated "
+                             "blocks of tokens (chunked.NORM_BLOCK; 'none': one block per "
+                             "chunk), in the --compile modes")
     parser.add_argument("--tf32", action="store_true",
                         help="float32 matmuls on TF32 tensor cores (as `miras train` runs)")
     parser.add_argument("--long", default="",
@@ -202,8 +212,9 @@ def main(argv=None) -> int:
     env = {"device": f"{device} ({name})", "torch": torch.__version__,
            "triton": triton_version, "numpy": np.__version__,
            "python": platform.python_version(),
-           "Moneta's Σ|Z_t|^q": (f"fused Triton op ({norms} products) unless the row says "
-                                 "[norms: torch]" if norms else "states formed by torch"),
+           "Moneta's Σ|Z_t|^q": (f"fused Triton op ({norms} products, blocks of "
+                                 f"{DEFAULT_NORM_BLOCK} tokens) unless the row says "
+                                 "otherwise" if norms else "states formed by torch"),
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
            "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
                                      + ", others the config's (benchmarks/_common.py)",
@@ -219,6 +230,11 @@ def main(argv=None) -> int:
             for mode in filter(None, args.compile.split(",")):
                 rows += bench_miras(model, size, device, dtype, args, compiled=mode,
                                     fused=fused)
+        for block in filter(None, args.norm_blocks.split(",")) if scalar else []:
+            block = None if block == "none" else int(block)
+            for mode in filter(None, args.compile.split(",")):
+                rows += bench_miras(model, size, device, dtype, args, compiled=mode,
+                                    norm_block=block)
     long_args = argparse.Namespace(**{**vars(args), "warmup": 1, "iters": 1,
                                       "checkpoint": "on"})
     for T in (int(t) for t in filter(None, args.long.split(","))):

@@ -499,9 +499,12 @@ def _environment(device: str) -> dict[str, str]:
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else (
         platform.processor() or platform.machine() or "cpu")
-    return {"device": f"{device} ({name})", "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+    env = {"device": f"{device} ({name})", "torch": torch.__version__,
+           "numpy": np.__version__, "python": platform.python_version(),
+           "platform": platform.platform()}
+    if device.startswith("cuda"):
+        env["float32 matmuls"] = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return env
 
 
 def write_report(path: str, device: str, results: list[Result], gradchecks: list[Result],
@@ -573,10 +576,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the tensors are tiny, and OpenMP "
                              "threads stall on a busy machine)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="float32 matmuls of torch on TF32 tensor cores (CUDA), as "
+                             "`miras train` runs them")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     t0 = time.perf_counter()
     results = []
     for case in cases(args.device, base_seed=args.seed):

@@ -337,17 +337,20 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
 
 
 @needs_cuda
+@pytest.mark.parametrize("block", [None, 6])
 @pytest.mark.parametrize("how", [False, True, "graphs"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fused_power_sums_cuda(monkeypatch, dtype, how):
+def test_fused_power_sums_cuda(monkeypatch, dtype, how, block):
     """Moneta's per-token norms from the fused Triton op (on by default for 16-bit inputs,
     forced here for float32 too) against the states formed by torch, eager, compiled and
-    captured: values and gradients. One TF32 product (16-bit inputs) moves them by about
-    1e-3, full float32 by float32 round-off."""
+    captured: values and gradients; each chunk of 16 tokens in one block, or in blocks of 6
+    (the last one padded). One TF32 product (16-bit inputs) moves them by about 1e-3, full
+    float32 by float32 round-off."""
     from miras_gpu.torch import chunked
 
     cfg, _, t = _inputs("moneta", (2, 40, 2, 16), dtype=dtype, requires_grad=True,
                         expansion=2)
+    monkeypatch.setattr(chunked, "NORM_BLOCK", block)
     calls = []
     real = chunked._fused_power_sums
     monkeypatch.setattr(chunked, "_fused_power_sums", lambda *a: calls.append(1) or real(*a))

@@ -367,14 +367,17 @@ def test_token_power_sums_against_formed_states(C, R, S, q, layout):
         assert err(a, b) < TOL, name
 
 
-def test_moneta_torch_backend_with_fused_norms(monkeypatch):
+@pytest.mark.parametrize("block", [None, 5])
+def test_moneta_torch_backend_with_fused_norms(monkeypatch, block):
     """The torch backend's chunked Moneta with its per-token norms from the fused op (float32)
     against the torch backend in float64 (states formed): outputs, final state, every
-    gradient."""
+    gradient; each chunk in one block of tokens, or in blocks of 5 each started from its own
+    state (the last block padded, the last chunk of 5 tokens in one)."""
     from miras_gpu.torch import chunked as torch_chunked
 
     cfg = zoo.moneta(D)
     q, k, v, gates, init = make_inputs(cfg)
+    monkeypatch.setattr(torch_chunked, "NORM_BLOCK", block)
     calls = []
     real = torch_chunked._fused_power_sums
     monkeypatch.setattr(torch_chunked, "_fused_power_sums",

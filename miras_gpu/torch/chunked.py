@@ -146,7 +146,7 @@ def outer_read(z0, decay, mask, grad: Outer, x):
 
 
 def token_scales(config, z0: dict, coeffs: dict, grads: dict,
-                 norm_precision: str | None = None) -> dict | None:
+                 norm_precision: str | None = None, gates: dict | None = None) -> dict | None:
     """``s_t = s(Z_t)`` of a scalar link ``ψ(Z) = s(Z) Z`` for every token of the chunk, per
     parameter: ``[B, H, C, 1, ..., 1]``; None when the link is the identity.
 
@@ -154,7 +154,8 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
     every token. It is formed inside a checkpoint: autograd keeps only the chunk's inputs and
     forms the states again in the backward pass, so no ``[B, H, C, *shape]`` tensor outlives
     this call. With scalar gates and a ``norm_precision`` (:func:`fused_precision`) the sums
-    come from a fused Triton op instead, which forms no state at all.
+    come from a fused Triton op instead, which forms no state at all; ``gates[n] = (η, α)
+    [B, H, C, *g]`` lets it start every block of :data:`NORM_BLOCK` tokens from its own state.
     """
     ret = config.retention
     scale = retentions.scalar_link(ret)
@@ -163,7 +164,8 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
     out = {}
     for n, nd in algs.own_ndims(config).items():
         grad = grads[n]
-        fused = _fused_power_sums(ret, z0[n], *coeffs[n], grad, norm_precision)
+        fused = _fused_power_sums(ret, z0[n], *coeffs[n], grad, norm_precision,
+                                  None if gates is None else gates[n])
         if fused is not None:
             out[n] = retentions.lq_scale_of_sum(ret, fused)
             continue
@@ -182,6 +184,10 @@ FUSED_POWER_SUMS: bool | None = None
 #: ``tl.dot`` precision of that op (:data:`miras_gpu.triton.token_norms.PRECISIONS`) for every
 #: call; ``None``: :func:`fused_precision` picks one per call
 FUSED_PRECISION: str | None = None
+#: tokens per block of that op: a chunk longer than this is cut into blocks, each started from
+#: its own state (formed by torch), so each token's state costs a rank-``NORM_BLOCK`` product
+#: instead of a rank-``C`` one (:func:`_block_starts`); ``None``: one block per chunk
+NORM_BLOCK: int | None = 16
 
 
 def fused_precision(input_dtype: torch.dtype, device: torch.device) -> str | None:
@@ -209,12 +215,13 @@ def _token_norms_module():
     return token_norms
 
 
-def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
+def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None, gates=None):
     """``Σ|Z_t|^q [B, H, C, 1, 1]`` by the fused Triton op at ``tl.dot`` precision
     ``precision`` (None: not used) for scalar gates and a rank-1 gradient, else None.
 
     ``z0 [B, H, r, s]``, ``decay [B, H, C, 1, 1]``, ``mask [B, H, C, C, 1, 1]``, ``grad`` an
-    :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``.
+    :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``; ``gates = (η, α)
+    [B, H, C, 1, 1]`` (optional) cuts the chunk into blocks (:func:`_block_starts`).
     """
     if (precision is None or not isinstance(grad, Outer) or ret.q <= 1
             or z0.dtype != torch.float32):
@@ -225,9 +232,48 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None):
     if ops is None:
         return None
     B, H, C = m.shape[:3]
-    total = ops.token_power_sums(
-        *(x.flatten(0, 1) for x in (z0, d, m, grad.left, grad.right)), float(ret.q), precision)
-    return total.reshape((B, H, C) + (1,) * (z0.ndim - 2))
+    left, right = grad.left, grad.right
+    if gates is not None and NORM_BLOCK is not None and C > NORM_BLOCK:
+        z0, d, m, left, right = _block_starts(z0, d, m, left, right, *gates, NORM_BLOCK)
+    # lead axes [B, H] (or [B, H, k]) flattened into the op's N
+    total = ops.token_power_sums(z0.flatten(0, -3), d.flatten(0, -2), m.flatten(0, -3),
+                                 left.flatten(0, -3), right.flatten(0, -3), float(ret.q),
+                                 precision)
+    return total.reshape(B, H, -1)[:, :, :C].reshape((B, H, C) + (1,) * (z0.ndim - 2))
+
+
+def _block_starts(z0, decay, mask, left, right, eta, alpha, block: int):
+    """The chunk's tokens as ``k = ⌈C / block⌉`` blocks, each with its own starting state, for
+    :func:`miras_gpu.triton.token_norms.token_power_sums`.
+
+    Block ``j`` starts from the state of the token before it (Eq 29 at ``e = j·block - 1``),
+    ``Z_e = decay_e Z0 - Σ_{i<=e} mask[e, i] l_i r_i^T``, and its tokens unroll from there with
+    the block's own coefficients (:func:`chunk_coefficients` of its gates), so the states are
+    those of the whole chunk. The last block is padded with ``η = 0, α = 1`` tokens (zero
+    factors), whose sums the caller drops.
+
+    ``z0 [B, H, r, s]``, ``decay [B, H, C]``, ``mask [B, H, C, C]``, ``left [B, H, C, r]``,
+    ``right [B, H, C, s]``, ``eta, alpha [B, H, C, 1, 1]`` -> ``z0 [B, H, k, r, s]``,
+    ``decay [B, H, k, block]``, ``mask [B, H, k, block, block]``, ``left [B, H, k, block, r]``,
+    ``right [B, H, k, block, s]``.
+    """
+    C = decay.shape[2]
+    k = -(-C // block)
+    ends = torch.arange(block - 1, (k - 1) * block, block, device=decay.device)
+    # Eq 29 at the last token of every block but the last
+    inner = decay[:, :, ends, None, None] * z0[:, :, None] - torch.einsum(
+        "bhei,bhir,bhis->bhers", mask[:, :, ends], left, right)
+    starts = torch.cat([z0[:, :, None], inner], dim=2)
+    pad = k * block - C
+
+    def blocks(x, fill=0.0):  # [B, H, C, ...] -> [B, H, k, block, ...]
+        if pad:
+            x = torch.cat([x, x.new_full((*x.shape[:2], pad, *x.shape[3:]), fill)], dim=2)
+        return x.unflatten(2, (k, block))
+
+    eta, alpha = (a.flatten(start_dim=3).squeeze(-1) for a in (eta, alpha))
+    b_decay, b_mask = chunk_coefficients(blocks(eta), blocks(alpha, 1.0))
+    return starts, b_decay, b_mask, blocks(left), blocks(right)
 
 
 def _token_scale(scale, ret, own_ndim, kind, z0, decay, mask, *factors):
@@ -304,7 +350,8 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
     coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
 
     if fast and _use_fast_read(config, coeffs):
-        scales = token_scales(config, z, coeffs, grads, norm_precision)  # None: identity
+        scales = token_scales(config, z, coeffs, grads, norm_precision,  # None: identity
+                              {n: (eta[n], alpha[n]) for n in own})
         y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
         z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
                  for n in own}

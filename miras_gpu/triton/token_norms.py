@@ -159,23 +159,24 @@ def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, righ
              mask=cm[:, None] & sm[None, :])
 
 
-#: tokens x flattened entries of one step: ``BC · RB · BS`` at most this many
-STEP_ELEMENTS = 4096
-#: rows of ``Z`` per program
-ROWS = 16
-#: warps of the forward and the backward kernel (the fastest of those tried on an H200 for
-#: ``C = 64``, a ``256 x 64`` state, one TF32 product)
-WARPS = (4, 4)
+#: the blocking of the kernels per padded chunk length ``BC``: ``(tokens x flattened entries
+#: of one step (BC · RB · BS at most), rows of Z per program, (forward warps, backward
+#: warps))``, the fastest of a sweep on an H200 for a ``256 x 64`` state and one TF32 product
+#: (``BC = 16``: Moneta's blocks of :data:`miras_gpu.torch.chunked.NORM_BLOCK` tokens; other
+#: lengths take the ``BC = 64`` entry)
+BLOCKING = {16: (4096, 64, (2, 2)), 64: (4096, 16, (4, 4))}
 
 
-def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int]:
-    """``(BC, RB, BS, ROWS, row blocks)``: whole ``C`` and ``S`` axes (powers of two, at
-    least 16 for ``tl.dot``), ``RB`` rows per step, ``ROWS`` rows per program."""
+def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int, tuple[int, int]]:
+    """``(BC, RB, BS, ROWS, row blocks, warps)``: whole ``C`` and ``S`` axes (powers of two,
+    at least 16 for ``tl.dot``), ``RB`` rows per step, ``ROWS`` rows per program
+    (:data:`BLOCKING`)."""
     BC = max(16, triton.next_power_of_2(C))
     BS = max(16, triton.next_power_of_2(S))
-    RB = max(1, STEP_ELEMENTS // (BC * BS))
-    rows = max(RB, ROWS)
-    return BC, RB, BS, rows, triton.cdiv(R, rows)
+    step, rows, warps = BLOCKING.get(BC, BLOCKING[64])
+    RB = max(1, step // (BC * BS))
+    rows = max(RB, rows)
+    return BC, RB, BS, rows, triton.cdiv(R, rows), warps
 
 
 def _q_int(q: float) -> int:
@@ -189,12 +190,12 @@ def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
                    precision: str) -> torch.Tensor:
     N, R, S = z0.shape
     C = decay.shape[1]
-    BC, RB, BS, rows, n_rb = _blocks(C, R, S)
+    BC, RB, BS, rows, n_rb, warps = _blocks(C, R, S)
     part = torch.empty((N, n_rb, C), dtype=torch.float32, device=z0.device)
     token_power_sums_kernel[(N, n_rb)](
         z0, decay, mask, left, right, part, C, R, S, n_rb, *z0.stride(), *decay.stride(),
         *mask.stride(), *left.stride(), *right.stride(), Q=float(q), QI=_q_int(q),
-        BC=BC, RB=RB, BS=BS, ROWS=rows, PREC=precision, num_warps=WARPS[0])
+        BC=BC, RB=RB, BS=BS, ROWS=rows, PREC=precision, num_warps=warps[0])
     return part.sum(1)
 
 
@@ -204,7 +205,7 @@ def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.T
                             q: float, precision: str) -> list[torch.Tensor]:
     N, R, S = z0.shape
     C = decay.shape[1]
-    BC, RB, BS, rows, n_rb = _blocks(C, R, S)
+    BC, RB, BS, rows, n_rb, warps = _blocks(C, R, S)
     f32, dev = torch.float32, z0.device
     gz0 = torch.empty((N, R, S), dtype=f32, device=dev)
     gleft = torch.empty((N, C, R), dtype=f32, device=dev)
@@ -215,7 +216,7 @@ def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.T
         z0, decay, mask, left, right, g, gz0, gdecay, gmask, gleft, gright,
         C, R, S, n_rb, *z0.stride(), *decay.stride(), *mask.stride(), *left.stride(),
         *right.stride(), *g.stride(), Q=float(q), QI=_q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
-        PREC=precision, num_warps=WARPS[1])
+        PREC=precision, num_warps=warps[1])
     return [gz0, gdecay.sum(1), gmask.sum(1), gleft, gright.sum(1)]
 
 
