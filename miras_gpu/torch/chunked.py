@@ -232,6 +232,7 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None, gates=N
     if ops is None:
         return None
     B, H, C = m.shape[:3]
+    shape = (B, H, C) + (1,) * (z0.ndim - 2)
     left, right = grad.left, grad.right
     if gates is not None and NORM_BLOCK is not None and C > NORM_BLOCK:
         z0, d, m, left, right = _block_starts(z0, d, m, left, right, *gates, NORM_BLOCK)
@@ -239,7 +240,7 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None, gates=N
     total = ops.token_power_sums(z0.flatten(0, -3), d.flatten(0, -2), m.flatten(0, -3),
                                  left.flatten(0, -3), right.flatten(0, -3), float(ret.q),
                                  precision)
-    return total.reshape(B, H, -1)[:, :, :C].reshape((B, H, C) + (1,) * (z0.ndim - 2))
+    return total.reshape(B, H, -1)[:, :, :C].reshape(shape)
 
 
 def _block_starts(z0, decay, mask, left, right, eta, alpha, block: int):
