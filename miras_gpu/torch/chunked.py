@@ -145,8 +145,8 @@ def outer_read(z0, decay, mask, grad: Outer, x):
     raise ValueError("outer_read: element-wise gates need the per-token-state path")
 
 
-def token_scales(config, z0: dict, coeffs: dict, grads: dict,
-                 norm_precision: str | None = None, gates: dict | None = None) -> dict | None:
+def token_scales(config, z0: dict, coeffs: dict, grads: dict, gates: dict,
+                 norm_precision: str | None = None) -> dict | None:
     """``s_t = s(Z_t)`` of a scalar link ``ψ(Z) = s(Z) Z`` for every token of the chunk, per
     parameter: ``[B, H, C, 1, ..., 1]``; None when the link is the identity.
 
@@ -154,8 +154,9 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
     every token. It is formed inside a checkpoint: autograd keeps only the chunk's inputs and
     forms the states again in the backward pass, so no ``[B, H, C, *shape]`` tensor outlives
     this call. With scalar gates and a ``norm_precision`` (:func:`fused_precision`) the sums
-    come from a fused Triton op instead, which forms no state at all; ``gates[n] = (η, α)
-    [B, H, C, *g]`` lets it start every block of :data:`NORM_BLOCK` tokens from its own state.
+    come from a fused Triton op instead, which forms no state at all and starts every block of
+    :data:`NORM_BLOCK` tokens from its own state, unrolled with the gates
+    ``gates[n] = (η, α) [B, H, C, *g]``.
     """
     ret = config.retention
     scale = retentions.scalar_link(ret)
@@ -164,8 +165,7 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict,
     out = {}
     for n, nd in algs.own_ndims(config).items():
         grad = grads[n]
-        fused = _fused_power_sums(ret, z0[n], *coeffs[n], grad, norm_precision,
-                                  None if gates is None else gates[n])
+        fused = _fused_power_sums(ret, z0[n], *coeffs[n], grad, gates[n], norm_precision)
         if fused is not None:
             out[n] = retentions.lq_scale_of_sum(ret, fused)
             continue
@@ -215,13 +215,13 @@ def _token_norms_module():
     return token_norms
 
 
-def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None, gates=None):
+def _fused_power_sums(ret, z0, decay, mask, grad, gates, precision: str | None):
     """``Σ|Z_t|^q [B, H, C, 1, 1]`` by the fused Triton op at ``tl.dot`` precision
     ``precision`` (None: not used) for scalar gates and a rank-1 gradient, else None.
 
     ``z0 [B, H, r, s]``, ``decay [B, H, C, 1, 1]``, ``mask [B, H, C, C, 1, 1]``, ``grad`` an
-    :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``; ``gates = (η, α)
-    [B, H, C, 1, 1]`` (optional) cuts the chunk into blocks (:func:`_block_starts`).
+    :class:`Outer` with ``left [B, H, C, r]``, ``right [B, H, C, s]``, ``gates = (η, α)
+    [B, H, C, 1, 1]`` (the blocks of :func:`_block_starts`).
     """
     if (precision is None or not isinstance(grad, Outer) or ret.q <= 1
             or z0.dtype != torch.float32):
@@ -234,8 +234,9 @@ def _fused_power_sums(ret, z0, decay, mask, grad, precision: str | None, gates=N
     B, H, C = m.shape[:3]
     shape = (B, H, C) + (1,) * (z0.ndim - 2)
     left, right = grad.left, grad.right
-    if gates is not None and NORM_BLOCK is not None and C > NORM_BLOCK:
-        z0, d, m, left, right = _block_starts(z0, d, m, left, right, *gates, NORM_BLOCK)
+    if NORM_BLOCK is not None and C > NORM_BLOCK:
+        eta, alpha = (_gated(a, 3, "rs")[0] for a in gates)  # [B, H, C]
+        z0, d, m, left, right = _block_starts(z0, d, m, left, right, eta, alpha, NORM_BLOCK)
     # lead axes [B, H] (or [B, H, k]) flattened into the op's N
     total = ops.token_power_sums(z0.flatten(0, -3), d.flatten(0, -2), m.flatten(0, -3),
                                  left.flatten(0, -3), right.flatten(0, -3), float(ret.q),
@@ -254,7 +255,7 @@ def _block_starts(z0, decay, mask, left, right, eta, alpha, block: int):
     factors), whose sums the caller drops.
 
     ``z0 [B, H, r, s]``, ``decay [B, H, C]``, ``mask [B, H, C, C]``, ``left [B, H, C, r]``,
-    ``right [B, H, C, s]``, ``eta, alpha [B, H, C, 1, 1]`` -> ``z0 [B, H, k, r, s]``,
+    ``right [B, H, C, s]``, ``eta, alpha [B, H, C]`` -> ``z0 [B, H, k, r, s]``,
     ``decay [B, H, k, block]``, ``mask [B, H, k, block, block]``, ``left [B, H, k, block, r]``,
     ``right [B, H, k, block, s]``.
     """
@@ -272,7 +273,6 @@ def _block_starts(z0, decay, mask, left, right, eta, alpha, block: int):
             x = torch.cat([x, x.new_full((*x.shape[:2], pad, *x.shape[3:]), fill)], dim=2)
         return x.unflatten(2, (k, block))
 
-    eta, alpha = (a.flatten(start_dim=3).squeeze(-1) for a in (eta, alpha))
     b_decay, b_mask = chunk_coefficients(blocks(eta), blocks(alpha, 1.0))
     return starts, b_decay, b_mask, blocks(left), blocks(right)
 
@@ -351,8 +351,8 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
     coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
 
     if fast and _use_fast_read(config, coeffs):
-        scales = token_scales(config, z, coeffs, grads, norm_precision,  # None: identity
-                              {n: (eta[n], alpha[n]) for n in own})
+        scales = token_scales(config, z, coeffs, grads,  # None for the identity link
+                              {n: (eta[n], alpha[n]) for n in own}, norm_precision)
         y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
         z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
                  for n in own}
