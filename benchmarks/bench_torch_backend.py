@@ -11,9 +11,11 @@ as Markdown to ``--out``.
     python benchmarks/bench_torch_backend.py --out results.md          # GPU
     python benchmarks/bench_torch_backend.py --small --out /tmp/b.md   # CPU smoke test
 
-Memora reads through a softmax link, so each chunk forms per-token memory states; its
-forward+backward runs with ``checkpoint=True`` (each chunk is recomputed in the backward pass)
-unless ``--checkpoint off``. Yaad (identity link) and Moneta (the ℓq link is one scale per
+Memora reads through a softmax link. On CUDA its reads come from the fused Triton op
+:mod:`miras_gpu.triton.softmax_reads`, which keeps no per-token state; where that op does
+not run (the CPU), each chunk forms per-token memory states and the forward+backward runs with
+``checkpoint=True`` (each chunk is recomputed in the backward pass) unless ``--checkpoint
+off``. Yaad (identity link) and Moneta (the ℓq link is one scale per
 weight matrix) read in the dual form and keep no per-token state; on CUDA, Moneta's per-token
 scales come from the fused Triton op :mod:`miras_gpu.triton.token_norms` (``--norms torch``
 or ``both`` times the path that forms the states with torch instead).
@@ -34,7 +36,7 @@ from _common import make_inputs, timed, titans_passes
 import miras_gpu
 from miras_gpu.torch import chunked as torch_chunked
 from miras_gpu.torch import retention as torch_retention
-from miras_gpu.torch.chunked import has_fast_read
+from miras_gpu.torch.chunked import has_fast_read, softmax_reads_apply
 from miras_ref import zoo
 
 MODELS = ("moneta", "yaad", "memora")
@@ -58,24 +60,31 @@ class Row:
 
 
 def bench_miras(model, size, device, dtype, args, compiled=False, fused=None,
-                norm_block="default") -> list[Row]:
+                norm_block="default", fused_reads=None) -> list[Row]:
     """``compiled``: False (eager) or an inductor mode for ``compile_chunks``; ``fused``:
     :data:`miras_gpu.torch.chunked.FUSED_POWER_SUMS` for this row (``False``: Moneta's
     per-token norms from states formed by torch); ``norm_block``:
-    :data:`miras_gpu.torch.chunked.NORM_BLOCK` for this row (``"default"``: the module's)."""
+    :data:`miras_gpu.torch.chunked.NORM_BLOCK` for this row (``"default"``: the module's);
+    ``fused_reads``: :data:`miras_gpu.torch.chunked.FUSED_SOFTMAX_READS` (``False``: Memora's
+    reads from states formed by torch)."""
     cfg = zoo.get(model, size["D"], expansion=size["expansion"])
     torch_chunked.FUSED_POWER_SUMS = fused
+    torch_chunked.FUSED_SOFTMAX_READS = fused_reads
     torch_chunked.NORM_BLOCK = DEFAULT_NORM_BLOCK if norm_block == "default" else norm_block
     label = f"miras torch {model}" + (f" (compiled, {compiled})" if compiled else "")
     if fused is False:
         label += " [norms: torch]"
+    if fused_reads is False:
+        label += " [reads: torch]"
     elif norm_block != "default":
         label += f" [norm block {norm_block}]"
     if all(size is not s for s in (FULL, SMALL)):
         label += f" [B=1, T={size['T']}]"
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
     tokens = size["B"] * size["T"]
-    ckpt = {"on": True, "off": False, "auto": not has_fast_read(cfg)}[args.checkpoint]
+    # per-token states are kept unless the reads are in the dual form or fused
+    keeps_states = not (has_fast_read(cfg) or softmax_reads_apply(cfg, device))
+    ckpt = {"on": True, "off": False, "auto": keeps_states}[args.checkpoint]
     if compiled == "reduce-overhead":  # CUDA graphs cannot be replayed by a recomputation
         ckpt = False
     op = miras_gpu.scan_chunked
@@ -181,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--norms", default="fused", choices=["fused", "torch", "both"],
                         help="Moneta's per-token Σ|Z_t|^q: the fused Triton op (default on "
                              "CUDA), torch (states formed), or rows for both")
+    parser.add_argument("--softmax-reads", default="fused", choices=["fused", "torch", "both"],
+                        help="Memora's per-token reads: the fused Triton op (default on "
+                             "CUDA), torch (states formed), or rows for both")
     parser.add_argument("--norm-blocks", default="",
                         help="also time Moneta's fused norms with these comma-separated "
                              "blocks of tokens (chunked.NORM_BLOCK; 'none': one block per "
@@ -215,6 +227,9 @@ def main(argv=None) -> int:
            "Moneta's Σ|Z_t|^q": (f"fused Triton op ({norms} products, blocks of "
                                  f"{DEFAULT_NORM_BLOCK} tokens) unless the row says "
                                  "otherwise" if norms else "states formed by torch"),
+           "Memora's reads": ("fused Triton op (float32)" if softmax_reads_apply(
+               zoo.memora(8), device) else "states formed by torch") + " unless the row "
+                                                                       "says otherwise",
            "input dtype": args.dtype, "float32 matmuls": "tf32" if args.tf32 else "ieee",
            "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
                                      + ", others the config's (benchmarks/_common.py)",
@@ -222,14 +237,19 @@ def main(argv=None) -> int:
                                                  "warm-up runs"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
     rows = []
-    variants = {"fused": [None], "torch": [False], "both": [None, False]}[args.norms]
+    choice = {"fused": [None], "torch": [False], "both": [None, False]}
     for model in args.models.split(","):
-        scalar = torch_retention.scalar_link(zoo.get(model, 8).retention) is not None
-        for fused in variants if scalar else [None]:
-            rows += bench_miras(model, size, device, dtype, args, fused=fused)
-            for mode in filter(None, args.compile.split(",")):
-                rows += bench_miras(model, size, device, dtype, args, compiled=mode,
-                                    fused=fused)
+        cfg = zoo.get(model, 8)
+        scalar = torch_retention.scalar_link(cfg.retention) is not None
+        torch_chunked.FUSED_SOFTMAX_READS = None  # the default, as a previous row may have set
+        softmax = softmax_reads_apply(cfg, device)
+        for fused in choice[args.norms] if scalar else [None]:
+            for reads in choice[args.softmax_reads] if softmax else [None]:
+                rows += bench_miras(model, size, device, dtype, args, fused=fused,
+                                    fused_reads=reads)
+                for mode in filter(None, args.compile.split(",")):
+                    rows += bench_miras(model, size, device, dtype, args, compiled=mode,
+                                        fused=fused, fused_reads=reads)
         for block in filter(None, args.norm_blocks.split(",")) if scalar else []:
             block = None if block == "none" else int(block)
             for mode in filter(None, args.compile.split(",")):

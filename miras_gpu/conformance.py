@@ -39,7 +39,7 @@ import platform
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -109,6 +109,9 @@ def _extra_configs(d: int) -> dict[str, MirasConfig]:
         "x_ftrl_smooth_momentum": MirasConfig("x_ftrl_smooth_momentum", mat, L2Bias(),
                                               ElasticNetFTRLRetention(0.05, smooth=True),
                                               Momentum(), {**gd, "mu": 0.9}),
+        # Memora with one gate per head (the zoo case has channel-wise α): on CUDA the torch
+        # backend's chunked reads then run through the fused op miras_gpu.triton.softmax_reads
+        "x_memora_head_gates": replace(zoo.memora(d), name="x_memora_head_gates"),
     }
 
 
@@ -129,7 +132,8 @@ GATE_KINDS = {
 #: learning rates below the model's default where the default makes the memory's trajectory
 #: chaotic on these inputs (float64 round-off amplified ~1e3 over 63 tokens), so that float32
 #: can be compared with float64 at all: eta = scale * default * U(0.5, 1.5)
-ETA_SCALES = {"moneta": 0.1, "yaad": 0.1, "memora": 0.3, "ttt_mlp": 0.3, "titans_lmm": 0.3,
+ETA_SCALES = {"moneta": 0.1, "yaad": 0.1, "memora": 0.3, "x_memora_head_gates": 0.3,
+              "ttt_mlp": 0.3, "titans_lmm": 0.3,
               "x_lp_exact_lq_exact": 0.03}
 
 #: the float64 torch op checked by torch.autograd.gradcheck: (op, chunk_size, model)

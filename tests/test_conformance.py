@@ -79,8 +79,8 @@ def test_error_helpers_never_pass_nan():
 
 
 def _inputs(model, size, dtype=torch.float64, seed=0, requires_grad=False, expansion=None):
-    """A zoo config (MLP memories with ``expansion``) and its conformance inputs."""
-    cfg = zoo.get(model, size[3])
+    """A conformance config (MLP memories with ``expansion``) and its inputs."""
+    cfg = conf.make_config(model, size[3])
     if expansion is not None and isinstance(cfg.memory, MLPMemory):
         cfg = dataclasses.replace(cfg, memory=MLPMemory(size[3], expansion))
     inp = conf.make_inputs(cfg, model, size, seed)
@@ -363,6 +363,62 @@ def test_fused_power_sums_cuda(monkeypatch, dtype, how, block):
         outs = [y, *s.values()]
         res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
     assert calls
+    _assert_rel_close(res[0], res[1], 5e-3 if dtype == torch.bfloat16 else COMPILE_BOUND)
+
+
+@pytest.mark.parametrize("model", ["gated_deltanet", "yaad", "moneta", "yaad_lag"])
+def test_windowed_reads_equal_chunk_by_chunk(monkeypatch, model):
+    """Reads batched over windows of chunks (chunked.READ_WINDOW = 2: windows of 2, 2 and 1
+    chunks, the last chunk partial) give what reading each chunk as it is written gives
+    (READ_WINDOW = 1), float64: outputs, final state, every gradient; ``yaad_lag`` is Yaad
+    with Memora's lag token (its lag tokens are read apart from the rest of the chunk)."""
+    from miras_gpu.torch import chunked
+
+    base = "yaad" if model == "yaad_lag" else model
+    cfg, _, t = _inputs(base, (2, 37, 2, 8), requires_grad=True, expansion=2)
+    if model == "yaad_lag":
+        cfg = dataclasses.replace(cfg, lag_token=True)
+    calls = []
+    real = chunked.chunk_reads
+    monkeypatch.setattr(chunked, "chunk_reads", lambda *a: calls.append(a[3].shape[0])
+                        or real(*a))
+    res = []
+    for window in (1, 2):
+        monkeypatch.setattr(chunked, "READ_WINDOW", window)
+        calls.clear()
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=8,
+                                      initial_state=t["initial_state"], output_final_state=True)
+        outs = [y, *s.values()]
+        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    # read as batches of 2, 2 and 1 chunks (the last one partial), B = 2 rows each
+    assert calls == [4, 4, 2], calls
+    _assert_rel_close(res[1], res[0], 1e-12)
+
+
+@needs_cuda
+@pytest.mark.parametrize("how", [False, True, "graphs"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_softmax_reads_cuda(monkeypatch, dtype, how):
+    """Memora's reads (one gate per head) from the fused Triton op (on by default on CUDA)
+    against the states formed by torch, eager, compiled and captured: values and gradients.
+    Both paths compute in float32, so they differ by float32 round-off."""
+    from miras_gpu.torch import chunked
+
+    cfg, _, t = _inputs("x_memora_head_gates", (2, 40, 2, 16), dtype=dtype,
+                        requires_grad=True, expansion=2)
+    calls = []
+    real = chunked._softmax_read
+    monkeypatch.setattr(chunked, "_softmax_read", lambda *a: calls.append(1) or real(*a))
+    res = []
+    for fused in (None, False):
+        monkeypatch.setattr(chunked, "FUSED_SOFTMAX_READS", fused)
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
+                                      initial_state=t["initial_state"], output_final_state=True,
+                                      compile_chunks=how)
+        outs = [y, *s.values()]
+        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    assert calls
+    # bf16: the outputs and the inputs' gradients are rounded to bf16 (one ulp is 2^-8)
     _assert_rel_close(res[0], res[1], 5e-3 if dtype == torch.bfloat16 else COMPILE_BOUND)
 
 

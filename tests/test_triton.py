@@ -33,6 +33,7 @@ try:
     from miras_gpu.triton import matrix as _matrix_kernels  # noqa: E402, F401
     from miras_gpu.triton import mlp as _mlp_kernels  # noqa: E402, F401
     from miras_gpu.triton.cases import kernel_cases, kernel_inputs  # noqa: E402
+    from miras_gpu.triton.softmax_reads import softmax_reads  # noqa: E402
     from miras_gpu.triton.token_norms import token_power_sums  # noqa: E402
 finally:
     # the rest of the session (the registry, the conformance suite) must not see the flag;
@@ -385,13 +386,93 @@ def test_moneta_torch_backend_with_fused_norms(monkeypatch, block):
     monkeypatch.setattr(torch_chunked, "FUSED_POWER_SUMS", True)
     (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
                                           mine_op=torch_ops.scan_chunked)
-    # float32 (mine): the op ran for each of the 3 chunks and 2 weight matrices, its sums
-    # shaped [B, H, C, 1, 1]; float64 (gold) formed the states
+    # float32 (mine): the op ran for the 2 full chunks (read as one batch, chunked.READ_WINDOW)
+    # and the partial last one, for 2 weight matrices, its sums shaped [B', H, C, 1, 1];
+    # float64 (gold) formed the states
     fused = [c for c in calls if c is not None]
-    assert len(fused) == 6 and all(c.shape[3:] == (1, 1) for c in fused)
+    assert [c.shape[:3] for c in fused] == [(2, 2, 16)] * 2 + [(1, 2, 5)] * 2
+    assert all(c.shape[3:] == (1, 1) for c in fused)
     assert err(my, gy) < TOL
     for n in gf:
         assert err(mf[n], gf[n]) < TOL, n
     for n in gg:
         assert err(mg[n], gg[n]) < TOL, n
 
+
+
+# --------------------------------------------------------------------------------------------
+# the fused per-token reads of the row-softmax KL link (miras_gpu.triton.softmax_reads)
+
+
+def _softmax_reads_by_recurrence(z0, alpha, eta, left, right, x, c):
+    """The textbook recurrence ``Z_t = α_t Z_{t-1} - η_t l_t r_t^T``, read
+    ``o_t = c softmax(Z_t) x_t`` by rows, one token after another."""
+    z, outs = z0, []
+    for t in range(alpha.shape[1]):
+        z = alpha[:, t, None, None] * z - eta[:, t, None, None] * torch.einsum(
+            "nr,ns->nrs", left[:, t], right[:, t])
+        outs.append(c * torch.einsum("nrs,ns->nr", torch.softmax(z, dim=-1), x[:, t]))
+    return torch.stack(outs, dim=1)
+
+
+@pytest.mark.parametrize("C,R,S,c", [(7, 5, 6, 1.0), (9, 40, 24, 1.7), (4, 16, 33, 0.5),
+                                     (1, 3, 16, 2.0)])
+def test_softmax_reads_against_the_recurrence(C, R, S, c):
+    """Outputs and all six input gradients of the fused op (float32) against float64 autograd
+    of the recurrence; chunk lengths that are and are not multiples of the backward's groups of
+    4 tokens, row counts that do and do not fill a block, rows shorter and longer than a power
+    of two; gates down to 0.05 so a division by α would show."""
+    gen = torch.Generator().manual_seed(C * R)
+    N = 3
+    shapes = [(N, R, S), (N, C), (N, C), (N, C, R), (N, C, S), (N, C, S)]
+    base = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    base[1] = 0.05 + 0.95 * torch.rand((N, C), generator=gen, dtype=torch.float64)
+    base[2] = torch.rand((N, C), generator=gen, dtype=torch.float64)
+    mine_in, gold_in = _leaves(base, torch.float32), _leaves(base, torch.float64)
+    mine = softmax_reads(*mine_in, c)
+    gold = _softmax_reads_by_recurrence(*gold_in, c)
+    assert mine.shape == (N, C, R)
+    assert err(mine, gold) < TOL
+    cot = torch.randn(gold.shape, generator=gen, dtype=torch.float64)
+    for name, a, b in zip(["z0", "alpha", "eta", "left", "right", "x"],
+                          torch.autograd.grad(mine, mine_in, cot.float()),
+                          torch.autograd.grad(gold, gold_in, cot)):
+        assert err(a, b) < TOL, name
+
+
+def test_softmax_reads_refuses_bad_input():
+    z0, g = torch.zeros(2, 3, 4), torch.ones(2, 5)
+    lr = [torch.zeros(2, 5, 3), torch.zeros(2, 5, 4), torch.zeros(2, 5, 4)]
+    with pytest.raises(ValueError, match="right must have shape"):
+        softmax_reads(z0, g, g, lr[0], lr[0], lr[2])
+    with pytest.raises(ValueError, match="c must be positive"):
+        softmax_reads(z0, g, g, *lr, c=0.0)
+
+
+@pytest.mark.parametrize("model", ["memora", "kl_row"])
+def test_torch_backend_with_fused_softmax_reads(monkeypatch, model):
+    """The torch backend's chunked Memora (MLP memory, lag token) and a matrix memory with the
+    row-softmax KL link, their reads by the fused op (float32), against the torch backend in
+    float64 (states formed): outputs, final state, every gradient, within the bound of the
+    torch backend's own float32 path (:func:`_torch32_tol`, states formed)."""
+    from miras_gpu.torch import chunked as torch_chunked
+
+    cfg = zoo.memora(D) if model == "memora" else kernel_cases(D)["kl_row"][0]
+    q, k, v, gates, init = make_inputs(cfg)
+    tol = _torch32_tol(cfg, q, k, v, gates, init)  # before the switch: the unfused path
+    calls = []
+    real = torch_chunked._softmax_read
+    monkeypatch.setattr(torch_chunked, "_softmax_read",
+                        lambda *a: calls.append(a[-1].shape[:3]) or real(*a))
+    monkeypatch.setattr(torch_chunked, "FUSED_SOFTMAX_READS", True)
+    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
+                                          mine_op=torch_ops.scan_chunked)
+    # float32 only (float64 formed the states): the 2 full chunks read as one batch
+    # (chunked.READ_WINDOW), then the partial last one; Memora's lag tokens read apart
+    lag = int(cfg.lag_token)
+    assert calls == [(2, 2, CHUNK - lag), (1, 2, T % CHUNK - lag)]
+    assert err(my, gy) <= tol
+    for n in gf:
+        assert err(mf[n], gf[n]) <= tol, n
+    bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
+    assert not bad, f"gradients above {tol:.1e}: {bad}"

@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from miras_ref.chunked import check_chunkable as ref_check_chunkable
 from miras_ref.memory import MatrixMemory, MLPMemory
+from miras_ref.retention import KLRetention
 
 from . import algorithms as algs
 from . import bias as biases
@@ -296,17 +297,69 @@ def _matrix_fast_read(config, z0, coeffs, grads, q, scales=None):
     return _scaled(outer_read(z0["W"], decay, mask, grads["W"], q), scales, "W")
 
 
-def _mlp_fast_read(config, z0, coeffs, grads, q, scales=None):
-    """``y_t = q_t + LN(W1_t σ(W2_t q_t))`` with both layers read by :func:`outer_read`
-    (``W_t = s_t Z_t`` for a scalar link)."""
-    h = _scaled(outer_read(z0["W2"], *coeffs["W2"], grads["W2"], q), scales, "W2")
-    z = _scaled(outer_read(z0["W1"], *coeffs["W1"], grads["W1"], memories.gelu(h)), scales,
-                "W1")
-    u, _ = memories.layer_norm(z, config.memory.eps)
+def _mlp_read(config, layer_read, q):
+    """``y_t = q_t + LN(W1_t σ(W2_t q_t))``, each layer's per-token read ``W_t x_t`` by
+    ``layer_read(name, x [B, H, C, s]) -> [B, H, C, r]``."""
+    h = layer_read("W2", q)
+    u, _ = memories.layer_norm(layer_read("W1", memories.gelu(h)), config.memory.eps)
     return q + u
 
 
+def _mlp_fast_read(config, z0, coeffs, grads, q, scales=None):
+    """:func:`_mlp_read` with both layers read by :func:`outer_read` (``W_t = s_t Z_t`` for a
+    scalar link)."""
+    return _mlp_read(config, lambda n, x: _scaled(outer_read(z0[n], *coeffs[n], grads[n], x),
+                                                  scales, n), q)
+
+
 FAST_READS = {MatrixMemory: _matrix_fast_read, MLPMemory: _mlp_fast_read}
+
+
+#: the reads of the row-softmax KL link (Memora's ``ψ(Z) = c·softmax(Z)`` over each row) by
+#: the Triton op :func:`miras_gpu.triton.softmax_reads.softmax_reads`, which steps each
+#: token's state in registers and never stores it, for scalar gates and float32 states:
+#: ``None`` on CUDA when Triton imports, ``True`` on every device (the CPU under
+#: ``TRITON_INTERPRET=1``, for tests), ``False`` never. Its arithmetic is float32 throughout.
+FUSED_SOFTMAX_READS: bool | None = None
+
+
+@functools.cache
+def _softmax_reads_module():
+    try:
+        from ..triton import softmax_reads
+    except ImportError:
+        return None
+    return softmax_reads
+
+
+def softmax_reads_apply(config, device: torch.device) -> bool:
+    """The chunked reads of ``config`` on ``device`` go through the fused softmax op
+    (:data:`FUSED_SOFTMAX_READS`; a row-softmax KL link on a matrix or MLP memory), given
+    scalar gates and a float32 state; no per-token state is then formed or kept."""
+    ret = config.retention
+    if (FUSED_SOFTMAX_READS is False or not isinstance(ret, KLRetention) or ret.axis != -1
+            or type(config.memory) not in FAST_READS):
+        return False
+    if FUSED_SOFTMAX_READS is None and device.type != "cuda":
+        return False
+    return _softmax_reads_module() is not None
+
+
+def _softmax_read(ops, config, z0: dict, gates: dict, grads: dict, q):
+    """``y_t = M(c·softmax(Z_t), q_t)`` for every token of the chunk by the fused op ``ops``
+    (:func:`read_kind` ``"softmax"``); ``gates[n] = (η, α) [B, H, C, 1, 1]``."""
+    B, H = q.shape[:2]
+
+    def layer_read(n, x):  # c softmax(Z_t) x_t, [B, H, C, s] -> [B, H, C, r]
+        eta, alpha = (_gated(a, 3, "rs")[0].flatten(0, 1) for a in gates[n])
+        left, right = grads[n].left, grads[n].right
+        y = ops.softmax_reads(z0[n].flatten(0, 1), alpha, eta, left.flatten(0, 1),
+                              right.flatten(0, 1), x.flatten(0, 1), config.retention.c)
+        return y.unflatten(0, (B, H))
+
+    if isinstance(config.memory, MLPMemory):
+        return _mlp_read(config, layer_read, q)
+    return layer_read("W", q)
 
 
 def has_fast_read(config) -> bool:
@@ -318,24 +371,67 @@ def has_fast_read(config) -> bool:
     return type(config.memory) in FAST_READS
 
 
-def _use_fast_read(config, coeffs) -> bool:
-    if not has_fast_read(config):
-        return False
-    return all(_gated(mask, 4, "rs")[1] != "rs" for _, mask in coeffs.values())
+def read_kind(config, axes: dict, state: torch.Tensor) -> str | None:
+    """How the queries of a chunk read without forming per-token states: ``"softmax"`` (the
+    fused op, :func:`softmax_reads_apply`; scalar gates, float32 state), ``"dual"`` (an identity
+    or scalar link, :func:`has_fast_read`; gates not element-wise), or None (states formed).
+
+    ``axes[n]``: the own axes of parameter ``n`` on which the gates vary (``""`` scalar gates,
+    ``"r"``/``"s"`` channel-wise, ``"rs"`` element-wise; :func:`gate_axes`); ``state``: any
+    parameter of the chunk's starting state (its dtype and device).
+    """
+    if (not any(axes.values()) and state.dtype == torch.float32
+            and softmax_reads_apply(config, state.device)):
+        return "softmax"
+    if has_fast_read(config) and all(a != "rs" for a in axes.values()):
+        return "dual"
+    return None
+
+
+def gate_axes(config, gates: dict) -> dict:
+    """:func:`read_kind`'s ``axes`` from the gates ``[B, H, T, ...]`` of a call."""
+    mem = config.memory
+    eta, alpha = (memories.gates_for(mem, gates[g][:, :, :1], lead=3) for g in ("eta", "alpha"))
+    return {n: "".join(a for a, size in zip("rs", torch.broadcast_shapes(
+        eta[n].shape, alpha[n].shape)[3:]) if size > 1) for n in eta}
 
 
 # --------------------------------------------------------------------------------------------
 # one chunk
 
 
-def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
-               norm_precision: str | None = None):
-    """One chunk in the chunk-parallel form (Eq 28-29), no lag token.
+@dataclasses.dataclass
+class ChunkWrites:
+    """What the reads of a chunk need from its writes (Eq 28-29), per memory parameter ``n``
+    (every tensor ``[B, H, ...]``).
 
-    ``q, k [B, H, C, d_k]``, ``v [B, H, C, d_v]``, gates ``[B, H, C, ...]``, ``z`` the state
-    at the chunk start. Returns ``(y [B, H, C, d_v], z at the chunk end)``. ``fast=False``
-    forces the per-token-state read (for testing the identity-link path against it);
-    ``norm_precision`` goes to :func:`token_scales`.
+    z0 : the state at the chunk start ``[B, H, *shape]``
+    coeffs : ``(decay [B, H, C, *g], mask [B, H, C, C, *g])`` (:func:`chunk_coefficients`)
+    grads : the per-token gradients at the anchor (:class:`Outer` or :class:`Dense`)
+    gates : ``(η, α) [B, H, C, *g]``
+    """
+
+    z0: dict
+    coeffs: dict
+    grads: dict
+    gates: dict
+
+    def end_state(self) -> dict:
+        """The state after the chunk's last token (Eq 29 at ``t = C``)."""
+        return {n: decay[:, :, -1] * self.z0[n] - last_sum(mask[:, :, -1], self.grads[n])
+                for n, (decay, mask) in self.coeffs.items()}
+
+    def axes(self) -> dict:
+        """:func:`read_kind`'s ``axes``."""
+        return {n: _gated(mask, 4, "rs")[1] for n, (_, mask) in self.coeffs.items()}
+
+
+def chunk_writes(config, z: dict, k, v, gates: dict) -> ChunkWrites:
+    """The writes of one chunk in the chunk-parallel form (Eq 28-29), no lag token: every
+    gradient at the chunk's starting state, and the decay and learning-rate masks.
+
+    ``k [B, H, C, d_k]``, ``v [B, H, C, d_v]``, gates ``[B, H, C, ...]``, ``z`` the state at
+    the chunk start.
     """
     mem, ret = config.memory, config.retention
     own = algs.own_ndims(config)
@@ -349,19 +445,51 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
     dy = biases.grad(config.bias, memories.forward(mem, anchor, k), v, delta)
     grads = memories.token_grads(mem, anchor, k, dy)  # per token, as factors
     coeffs = {n: chunk_coefficients(eta[n], alpha[n], nd) for n, nd in own.items()}
+    return ChunkWrites(z, coeffs, grads, {n: (eta[n], alpha[n]) for n in own})
 
-    if fast and _use_fast_read(config, coeffs):
-        scales = token_scales(config, z, coeffs, grads,  # None for the identity link
-                              {n: (eta[n], alpha[n]) for n in own}, norm_precision)
-        y = FAST_READS[type(mem)](config, z, coeffs, grads, q, scales)
-        z_end = {n: coeffs[n][0][:, :, -1] * z[n] - last_sum(coeffs[n][1][:, :, -1], grads[n])
-                 for n in own}
-        return y, z_end
+
+def chunk_reads(config, kind: str, w: ChunkWrites, q, norm_precision: str | None = None):
+    """``y_t = M(ψ(Z_t), q_t)`` for every token of the chunk(s) of ``w``, read without forming
+    per-token states: ``kind`` is :func:`read_kind`'s ``"softmax"`` or ``"dual"``; ``q [B, H, C,
+    d_k]`` -> ``[B, H, C, d_v]`` (``norm_precision``: :func:`token_scales`). ``w`` may hold
+    several chunks of the same length stacked on the batch axis."""
+    if kind == "softmax":
+        return _softmax_read(_softmax_reads_module(), config, w.z0, w.gates, w.grads, q)
+    scales = token_scales(config, w.z0, w.coeffs, w.grads, w.gates,  # None: identity link
+                          norm_precision)
+    return FAST_READS[type(config.memory)](config, w.z0, w.coeffs, w.grads, q, scales)
+
+
+def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
+               norm_precision: str | None = None):
+    """One chunk in the chunk-parallel form (Eq 28-29), no lag token.
+
+    ``q, k [B, H, C, d_k]``, ``v [B, H, C, d_v]``, gates ``[B, H, C, ...]``, ``z`` the state
+    at the chunk start. Returns ``(y [B, H, C, d_v], z at the chunk end)``. ``fast=False``
+    forces the per-token-state read (for testing the other paths against it);
+    ``norm_precision`` goes to :func:`token_scales`.
+    """
+    w = chunk_writes(config, z, k, v, gates)
+    kind = read_kind(config, w.axes(), next(iter(z.values()))) if fast else None
+    if kind is not None:
+        return chunk_reads(config, kind, w, q, norm_precision), w.end_state()
     # Eq 29: Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i), every t
-    z_t = {n: coeffs[n][0] * z[n][:, :, None] - token_sum(coeffs[n][1], grads[n]) for n in own}
+    z_t = {n: decay * z[n][:, :, None] - token_sum(mask, w.grads[n])
+           for n, (decay, mask) in w.coeffs.items()}
     y = read(config, z_t, q[..., None, :])[..., 0, :]  # y_t = M(ψ(Z_t), q_t)
     # clone: a view of the last token's state would keep all C per-token states alive
-    return y, {n: z_t[n][:, :, -1].clone() for n in own}
+    return y, {n: z_t[n][:, :, -1].clone() for n in z_t}
+
+
+def _lag_token(config, z: dict, q, k, v, gates: dict):
+    """Eq 30: the lag token (the chunk's first) takes the exact non-linear step from the chunk
+    state; returns its output ``[B, H, 1, d_v]`` and the state after it."""
+    z = algs.step(config, z, k[:, :, 0], v[:, :, 0], {n: a[:, :, 0] for n, a in gates.items()})
+    return read(config, z, q[:, :, :1]), z
+
+
+def _after_lag(gates: dict) -> dict:
+    return {n: a[:, :, 1:] for n, a in gates.items()}
 
 
 def process_chunk(config, z: dict, q, k, v, gates: dict, norm_precision: str | None = None):
@@ -369,16 +497,52 @@ def process_chunk(config, z: dict, q, k, v, gates: dict, norm_precision: str | N
     (``norm_precision``: :func:`token_scales`)."""
     if not config.lag_token:
         return chunk_step(config, z, q, k, v, gates, norm_precision=norm_precision)
-    # Eq 30: the lag token takes the exact non-linear step from the chunk state
-    z = algs.step(config, z, k[:, :, 0], v[:, :, 0], {n: a[:, :, 0] for n, a in gates.items()})
-    y0 = read(config, z, q[:, :, :1])
+    y0, z = _lag_token(config, z, q, k, v, gates)
     if q.shape[2] == 1:
         return y0, z
     # Eq 31-32: the rest of the chunk at the lag token's state
-    rest = {n: a[:, :, 1:] for n, a in gates.items()}
-    y, z = chunk_step(config, z, q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], rest,
+    y, z = chunk_step(config, z, q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], _after_lag(gates),
                       norm_precision=norm_precision)
     return torch.cat([y0, y], dim=2), z
+
+
+def process_chunk_writes(config, z: dict, k, v, gates: dict, q_lag=None):
+    """:func:`process_chunk` without the reads that form no per-token state (the caller runs
+    those for many chunks at once, :func:`chunk_reads`).
+
+    Returns ``(y_lag, writes, z_end)``: the lag token's output ``[B, H, 1, d_v]`` (None
+    without a lag token; ``q_lag [B, H, 1, d_k]`` is its query), the :class:`ChunkWrites` of
+    the (rest of the) chunk (None when the chunk is its lag token alone) and the state at the
+    chunk's end.
+    """
+    y0 = None
+    if config.lag_token:
+        y0, z = _lag_token(config, z, q_lag, k, v, gates)
+        if k.shape[2] == 1:
+            return y0, None, z
+        k, v, gates = k[:, :, 1:], v[:, :, 1:], _after_lag(gates)
+    w = chunk_writes(config, z, k, v, gates)
+    return y0, w, w.end_state()
+
+
+def _stack_writes(ws: list) -> ChunkWrites:
+    """The :class:`ChunkWrites` of chunks of one length as one batch: every tensor
+    concatenated on the batch axis (chunk ``j`` is rows ``j·B .. (j+1)·B``)."""
+    if len(ws) == 1:
+        return ws[0]
+
+    def cat(parts):
+        return torch.cat(list(parts), dim=0)
+
+    first = ws[0]
+    grads = {n: type(g)(*(cat(getattr(w.grads[n], f.name) for w in ws)
+                          for f in dataclasses.fields(g))) for n, g in first.grads.items()}
+    return ChunkWrites(
+        z0={n: cat(w.z0[n] for w in ws) for n in first.z0},
+        coeffs={n: tuple(cat(w.coeffs[n][i] for w in ws) for i in range(2))
+                for n in first.coeffs},
+        grads=grads,
+        gates={n: tuple(cat(w.gates[n][i] for w in ws) for i in range(2)) for n in first.gates})
 
 
 _COMPILED: dict[tuple, tuple] = {}
@@ -392,6 +556,25 @@ RECOMPILE_LIMIT = 64
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def _compiled(fn, config, how: str):
+    """``torch.compile`` of ``fn(config, *args)`` for ``config``, called as ``(*args)``
+    (cached per function, config object and ``how``: a mode of :data:`COMPILE_MODES` or the
+    name of a compile backend)."""
+    key = (fn.__name__, id(config), how)
+    entry = _COMPILED.get(key)
+    if entry is None or entry[0] is not config:
+        kw = {"mode": how} if how in COMPILE_MODES else {"backend": how}
+        compiled = torch.compile(fn, dynamic=False, **kw)
+
+        def call(*args):
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return compiled(config, *args)
+
+        entry = (config, call)
+        _COMPILED[key] = entry
+    return entry[1]
+
+
 def compiled_chunk_fn(config, how: str = "inductor"):
     """``torch.compile`` of :func:`process_chunk` for ``config`` (cached per config object).
 
@@ -399,22 +582,24 @@ def compiled_chunk_fn(config, how: str = "inductor"):
     Every full chunk has the same shapes, so a sequence compiles at most twice (full chunks and
     a partial last one) and then reuses the kernels for every chunk.
     """
-    key = (id(config), how)
-    entry = _COMPILED.get(key)
-    if entry is None or entry[0] is not config:
-        kw = {"mode": how} if how in COMPILE_MODES else {"backend": how}
-        compiled = torch.compile(process_chunk, dynamic=False, **kw)
+    compiled = _compiled(process_chunk, config, how)
 
-        def chunk_fn(z, q, k, v, gates, norm_precision=None):
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                y, z = compiled(config, z, q, k, v, gates, norm_precision)
-            if how == "reduce-overhead":  # the next replay of the graph overwrites its outputs
-                y, z = y.clone(), {n: a.clone() for n, a in z.items()}
-            return y, z
+    def chunk_fn(z, q, k, v, gates, norm_precision=None):
+        y, z = compiled(z, q, k, v, gates, norm_precision)
+        if how == "reduce-overhead":  # the next replay of the graph overwrites its outputs
+            y, z = y.clone(), {n: a.clone() for n, a in z.items()}
+        return y, z
 
-        entry = (config, chunk_fn)
-        _COMPILED[key] = entry
-    return entry[1]
+    return chunk_fn
+
+
+#: chunks whose reads run as one batch when the reads form no per-token state
+#: (:func:`read_kind`): the loop over chunks then does only the sequential part (the writes,
+#: :func:`process_chunk_writes`), and the reads of every ``READ_WINDOW`` chunks run at once
+#: (:func:`chunk_reads` on the chunks stacked on the batch axis), which fills the device where
+#: one chunk's reads would not. The window's writes are held until then. ``1``: each chunk is
+#: read as it is written.
+READ_WINDOW = 64
 
 
 def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
@@ -424,27 +609,71 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
 
     ``q, k [B, H, T, d_k]``, ``v [B, H, T, d_v]``, gates ``[B, H, T, ...]`` in the compute
     dtype; ``norm_precision``: :func:`token_scales`. Returns ``(y [B, H, T, d_v], final
-    state)``.
+    state)``. Reads that form no per-token state are batched over :data:`READ_WINDOW` chunks,
+    except with ``checkpoint`` (each chunk is recomputed whole) and ``"reduce-overhead"``
+    (each chunk is one CUDA graph).
     """
+    how = None
     if compile_chunks:
         how = compile_chunks if isinstance(compile_chunks, str) else "inductor"
-        fn = functools.partial(compiled_chunk_fn(config, how), norm_precision=norm_precision)
-    else:
-        def fn(z, q, k, v, gates):
-            return process_chunk(config, z, q, k, v, gates, norm_precision)
+    kind = read_kind(config, gate_axes(config, gates), next(iter(z.values())))
     # one split per input: its backward concatenates the chunks' gradients once (a slice per
     # chunk would add a zero-padded [B, H, T, ...] gradient per chunk)
     qs, ks, vs = (x.split(chunk_size, dim=2) for x in (q, k, v))
     gs = {n: a.split(chunk_size, dim=2) for n, a in gates.items()}
+    chunks = [(qs[c], ks[c], vs[c], {n: a[c] for n, a in gs.items()}) for c in range(len(qs))]
+    if kind is not None and READ_WINDOW > 1 and not checkpoint and how != "reduce-overhead":
+        return _windowed_forward(config, kind, chunks, z, how, norm_precision)
+    if how:
+        fn = functools.partial(compiled_chunk_fn(config, how), norm_precision=norm_precision)
+    else:
+        def fn(z, q, k, v, gates):
+            return process_chunk(config, z, q, k, v, gates, norm_precision)
     ys = []
-    for c in range(len(qs)):
-        args = (qs[c], ks[c], vs[c], {n: a[c] for n, a in gs.items()})
+    for args in chunks:
         if checkpoint and torch.is_grad_enabled():
             y, z = _checkpoint(fn, z, *args, use_reentrant=False)
         else:
             y, z = fn(z, *args)
         ys.append(y)
     return torch.cat(ys, dim=2), z
+
+
+def _windowed_forward(config, kind: str, chunks: list, z: dict, how: str | None,
+                      norm_precision: str | None):
+    """:func:`chunked_forward` with the writes chunk by chunk and the reads of every
+    :data:`READ_WINDOW` chunks at once (:data:`READ_WINDOW`); ``chunks``: ``(q, k, v, gates)``
+    of each chunk, ``how``: :func:`_compiled`'s (None: eager)."""
+    write, reads = process_chunk_writes, chunk_reads
+    if how:
+        write, reads = _compiled(write, config, how), _compiled(reads, config, how)
+    else:
+        write, reads = (functools.partial(f, config) for f in (write, reads))
+    lag = int(config.lag_token)
+    ys, window = [], []
+    for n, (q, k, v, gates) in enumerate(chunks):
+        y0, w, z = write(z, k, v, gates, q[:, :, :lag] if lag else None)
+        window.append((y0, w, q[:, :, lag:]))
+        if len(window) == READ_WINDOW or n == len(chunks) - 1:
+            ys += _window_reads(kind, window, reads, norm_precision)
+            window = []
+    return torch.cat(ys, dim=2), z
+
+
+def _window_reads(kind: str, window: list, reads, norm_precision: str | None) -> list:
+    """The outputs ``[B, H, C, d_v]`` of the chunks of ``window`` (``(y_lag, writes, q)`` each,
+    :func:`process_chunk_writes`): the reads of all chunks of one length as one batch."""
+    out = [y0 for y0, _, _ in window]
+    by_length: dict[int, list[int]] = {}
+    for i, (_, w, q) in enumerate(window):
+        if w is not None:
+            by_length.setdefault(q.shape[2], []).append(i)
+    for idx in by_length.values():
+        q = torch.cat([window[i][2] for i in idx], dim=0)
+        y = reads(kind, _stack_writes([window[i][1] for i in idx]), q, norm_precision)
+        for i, yi in zip(idx, y.chunk(len(idx), dim=0)):
+            out[i] = yi if out[i] is None else torch.cat([out[i], yi], dim=2)
+    return out
 
 
 def check_chunkable(config) -> None:

@@ -1,0 +1,275 @@
+"""Every token's read through the row-softmax KL link, without forming the states
+(Eq 21, Eq 29; Memora, Eq 27).
+
+Memora's link ``ψ(Z) = c · softmax(Z)`` over each row is not linear, so each query of a chunk
+must read its own token's state
+
+``Z_t = α_t Z_{t-1} - η_t l_t r_t^T``,  ``Z_{-1} = Z0``          (Eq 29 as a recurrence)
+
+``o_t[j] = c Σ_m softmax(Z_t[j, :])_m x_t[m]``                      (the read ``ψ(Z_t) x_t``)
+
+Formed by autograd, the ``C`` states of a chunk are ``C`` copies of the memory written to and
+read from memory (and kept, or recomputed, for the backward pass). The kernels here hold one
+block of rows of the state in registers and step it token by token (one rank-1 update, one
+row softmax and one row read per token, all in float32: no matrix product, so no TF32).
+
+Backward, with ``P_t = softmax(Z_t)`` by rows, ``g_t = ∂L/∂o_t`` and ``Λ_t = ∂L/∂Z_t`` (the
+total gradient of the state after token ``t``):
+
+* ``∂L/∂x_t[m] = c Σ_j g_t[j] P_t[j, m]``,
+* ``Λ_t = g_t[j] P_t[j, m] (c x_t[m] - o_t[j]) + α_{t+1} Λ_{t+1}``,  ``∂L/∂Z0 = α_0 Λ_0``,
+* ``∂L/∂α_t = <Λ_t, Z_{t-1}>``, ``∂L/∂η_t = -l_t^T Λ_t r_t``,
+* ``∂L/∂l_t = -η_t Λ_t r_t``, ``∂L/∂r_t = -η_t Λ_t^T l_t``.
+
+The reverse walk needs the states in reverse order, and stepping back by ``Z_{t-1} = (Z_t +
+η_t l_t r_t^T) / α_t`` would divide by the gate. Instead the backward kernel first steps
+forward once, storing the state before every :data:`STEP` tokens in a scratch buffer, then
+walks those groups from the last: it re-forms the group's ``STEP`` states in registers
+(unrolled) and goes back through them.
+
+Each program owns a block of rows: ``o``, ``∂L/∂Z0`` and ``∂L/∂l`` are the block's own; its
+parts of ``∂L/∂x``, ``∂L/∂r``, ``∂L/∂α`` and ``∂L/∂η`` are written per block and summed by
+torch.
+
+:func:`softmax_reads` is a ``torch.library`` custom op with its autograd formula registered;
+``torch.compile`` does not trace it (``torch.compiler.disable``, a graph break, as
+:func:`miras_gpu.triton.token_norms.token_power_sums`). CUDA-graph captures take it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import custom_op
+
+#: tokens re-formed in registers per group of the backward walk (its code is unrolled for 4)
+STEP = 4
+
+
+@triton.jit
+def _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S, rows, cols, rm, cm):
+    """Gates ``α_t, η_t`` and the rows' ``l_t [BR]``, ``r_t, x_t [BS]`` of token ``t``."""
+    a = tl.load(alpha_ptr + n * C + t)
+    e = tl.load(eta_ptr + n * C + t)
+    lt = tl.load(l_ptr + (n * C + t) * R + rows, mask=rm, other=0.0)
+    rt = tl.load(r_ptr + (n * C + t) * S + cols, mask=cm, other=0.0)
+    xt = tl.load(x_ptr + (n * C + t) * S + cols, mask=cm, other=0.0)
+    return a, e, lt, rt, xt
+
+
+@triton.jit
+def _softmax_rows(z, cm):
+    """``softmax(z)`` over each row of ``z [BR, BS]``, columns outside ``cm`` excluded."""
+    zm = tl.where(cm[None, :], z, float("-inf"))
+    p = tl.exp(zm - tl.max(zm, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None]
+
+
+@triton.jit
+def softmax_reads_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, out_ptr, C, R, S, c,
+                         BR: tl.constexpr, BS: tl.constexpr):
+    """Grid ``(N, row blocks)``: ``o_t`` of rows ``BR·pid1 ..`` for every token of chunk
+    ``n``. ``z0 [N, R, S]``, ``alpha, eta [N, C]``, ``l [N, C, R]``, ``r, x [N, C, S]``,
+    ``out [N, C, R]``, contiguous float32."""
+    n = tl.program_id(0)
+    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BS)
+    rm, cm = rows < R, cols < S
+    z = tl.load(z0_ptr + n * R * S + rows[:, None] * S + cols[None, :],
+                mask=rm[:, None] & cm[None, :], other=0.0)
+    for t in range(0, C):
+        a, e, lt, rt, xt = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S,
+                                  rows, cols, rm, cm)
+        # Z_t = α_t Z_{t-1} - η_t l_t r_t^T
+        z = a * z - (e * lt)[:, None] * rt[None, :]
+        # o_t = c softmax(Z_t) x_t, row by row
+        zm = tl.where(cm[None, :], z, float("-inf"))
+        p = tl.exp(zm - tl.max(zm, axis=1)[:, None])
+        o = c * tl.sum(p * xt[None, :], axis=1) / tl.sum(p, axis=1)
+        tl.store(out_ptr + (n * C + t) * R + rows, o, mask=rm)
+
+
+@triton.jit
+def _back_token(z, zp, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a, e, lt, rt, xt,
+                n, pb, NB, t, C, R, S, c, rows, cols, rm, cm):
+    """Token ``t`` of the reverse walk: ``z = Z_t``, ``zp = Z_{t-1}``, ``lam = α_{t+1}
+    Λ_{t+1}``; stores the token's gradients and returns ``α_t Λ_t``."""
+    p = _softmax_rows(z, cm)
+    o = c * tl.sum(p * xt[None, :], axis=1)
+    g = tl.load(g_ptr + (n * C + t) * R + rows, mask=rm, other=0.0)
+    part = (n * NB + pb) * C + t  # this row block's part of a summed gradient
+    # ∂L/∂x_t = c Σ_j g_t[j] P_t[j, :]
+    tl.store(gx_ptr + part * S + cols, c * tl.sum(g[:, None] * p, axis=0), mask=cm)
+    # Λ_t = g_t P_t ⊙ (c x_t - o_t) + α_{t+1} Λ_{t+1}
+    lam = g[:, None] * p * (c * xt[None, :] - o[:, None]) + lam
+    lam_r = tl.sum(lam * rt[None, :], axis=1)  # Λ_t r_t
+    tl.store(gl_ptr + (n * C + t) * R + rows, -e * lam_r, mask=rm)
+    tl.store(gr_ptr + part * S + cols, -e * tl.sum(lam * lt[:, None], axis=0), mask=cm)
+    tl.store(ge_ptr + part, -tl.sum(lt * lam_r))
+    tl.store(ga_ptr + part, tl.sum(tl.sum(lam * zp, axis=1)))
+    return a * lam
+
+
+@triton.jit
+def softmax_reads_backward_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, g_ptr,
+                                  scratch_ptr, gz0_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr,
+                                  C, R, S, c, NG, BR: tl.constexpr, BS: tl.constexpr):
+    """Grid ``(N, row blocks)``: every gradient of the reads of rows ``BR·pid1 ..``.
+
+    Inputs as :func:`softmax_reads_kernel` with ``C = 4 NG`` (padded with identity steps),
+    ``g, gl [N, C, R]``; ``gz0 [N, R, S]``; the row blocks' parts ``gx, gr [N, NB, C, S]``,
+    ``ga, ge [N, NB, C]``; ``scratch [N, NB, NG, BR, BS]`` holds the state before every
+    group of :data:`STEP` (= 4) tokens."""
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    NB = tl.num_programs(1)
+    rows = pb * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BS)
+    rm, cm = rows < R, cols < S
+    tile = rows[:, None] * S + cols[None, :]
+    z = tl.load(z0_ptr + n * R * S + tile, mask=rm[:, None] & cm[None, :], other=0.0)
+    own = tl.arange(0, BR)[:, None] * BS + cols[None, :]  # a tile of the scratch
+    # forward once: the state before every group of 4 tokens
+    for grp in range(0, NG):
+        tl.store(scratch_ptr + ((n * NB + pb) * NG + grp) * BR * BS + own, z)
+        for t in range(grp * 4, grp * 4 + 4):
+            a, e, lt, rt, xt = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S,
+                                      rows, cols, rm, cm)
+            z = a * z - (e * lt)[:, None] * rt[None, :]
+    tl.debug_barrier()  # the scratch is read back by other threads of the program
+    lam = tl.zeros([BR, BS], dtype=tl.float32)
+    for i in range(0, NG):
+        grp = NG - 1 - i
+        t0 = grp * 4
+        z0 = tl.load(scratch_ptr + ((n * NB + pb) * NG + grp) * BR * BS + own)
+        # the group's 4 states, Z_t = α_t Z_{t-1} - η_t l_t r_t^T (unrolled: kept in registers)
+        a0, e0, l0, r0, x0 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0, C, R, S,
+                                    rows, cols, rm, cm)
+        z1 = a0 * z0 - (e0 * l0)[:, None] * r0[None, :]
+        a1, e1, l1, r1, x1 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 1, C, R,
+                                    S, rows, cols, rm, cm)
+        z2 = a1 * z1 - (e1 * l1)[:, None] * r1[None, :]
+        a2, e2, l2, r2, x2 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 2, C, R,
+                                    S, rows, cols, rm, cm)
+        z3 = a2 * z2 - (e2 * l2)[:, None] * r2[None, :]
+        a3, e3, l3, r3, x3 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 3, C, R,
+                                    S, rows, cols, rm, cm)
+        z4 = a3 * z3 - (e3 * l3)[:, None] * r3[None, :]
+        # back through them
+        lam = _back_token(z4, z3, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a3, e3,
+                          l3, r3, x3, n, pb, NB, t0 + 3, C, R, S, c, rows, cols, rm, cm)
+        lam = _back_token(z3, z2, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a2, e2,
+                          l2, r2, x2, n, pb, NB, t0 + 2, C, R, S, c, rows, cols, rm, cm)
+        lam = _back_token(z2, z1, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a1, e1,
+                          l1, r1, x1, n, pb, NB, t0 + 1, C, R, S, c, rows, cols, rm, cm)
+        lam = _back_token(z1, z0, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a0, e0,
+                          l0, r0, x0, n, pb, NB, t0, C, R, S, c, rows, cols, rm, cm)
+    # ∂L/∂Z0 = α_0 Λ_0
+    tl.store(gz0_ptr + n * R * S + tile, lam, mask=rm[:, None] & cm[None, :])
+
+
+#: entries ``BR · BS`` of the state block a program steps (forward, backward)
+BLOCK_ENTRIES = (4096, 2048)
+#: warps of a program (forward, backward)
+WARPS = (4, 4)
+
+
+def _blocks(R: int, S: int, entries: int) -> tuple[int, int, int]:
+    """``(BR, BS, row blocks)``: whole rows (``BS`` a power of two), ``BR`` rows a program."""
+    BS = triton.next_power_of_2(S)
+    BR = min(max(1, entries // BS), triton.next_power_of_2(R))
+    return BR, BS, triton.cdiv(R, BR)
+
+
+@custom_op("miras::softmax_reads", mutates_args=())
+def _reads_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, left: torch.Tensor,
+              right: torch.Tensor, x: torch.Tensor, c: float) -> torch.Tensor:
+    N, R, S = z0.shape
+    C = alpha.shape[1]
+    BR, BS, nb = _blocks(R, S, BLOCK_ENTRIES[0])
+    out = torch.empty((N, C, R), dtype=torch.float32, device=z0.device)
+    softmax_reads_kernel[(N, nb)](z0, alpha, eta, left, right, x, out, C, R, S, c, BR=BR,
+                                  BS=BS, num_warps=WARPS[0])
+    return out
+
+
+@custom_op("miras::softmax_reads_backward", mutates_args=())
+def _reads_backward_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
+                       left: torch.Tensor, right: torch.Tensor, x: torch.Tensor,
+                       g: torch.Tensor, c: float) -> list[torch.Tensor]:
+    N, R, S = z0.shape
+    C0 = alpha.shape[1]
+    BR, BS, nb = _blocks(R, S, BLOCK_ENTRIES[1])
+    ng = triton.cdiv(C0, STEP)
+    C = ng * STEP
+    if C > C0:  # whole groups of 4: identity steps (α = 1, η = 0, zero factors) at the end
+        def pad(t, fill=0.0):
+            return torch.cat([t, t.new_full((N, C - C0, *t.shape[2:]), fill)], dim=1)
+
+        alpha, eta, left, right, x, g = (pad(alpha, 1.0), pad(eta), pad(left), pad(right),
+                                         pad(x), pad(g))
+    f32, dev = torch.float32, z0.device
+    scratch = torch.empty((N, nb, ng, BR, BS), dtype=f32, device=dev)
+    gz0 = torch.empty((N, R, S), dtype=f32, device=dev)
+    gl = torch.empty((N, C, R), dtype=f32, device=dev)
+    gx = torch.empty((N, nb, C, S), dtype=f32, device=dev)
+    gr = torch.empty((N, nb, C, S), dtype=f32, device=dev)
+    ga = torch.empty((N, nb, C), dtype=f32, device=dev)
+    ge = torch.empty((N, nb, C), dtype=f32, device=dev)
+    softmax_reads_backward_kernel[(N, nb)](
+        z0, alpha, eta, left, right, x, g.contiguous(), scratch, gz0, gx, gl, gr, ga, ge,
+        C, R, S, c, ng, BR=BR, BS=BS, num_warps=WARPS[1])
+    return [gz0, ga.sum(1)[:, :C0], ge.sum(1)[:, :C0], gl[:, :C0], gr.sum(1)[:, :C0],
+            gx.sum(1)[:, :C0]]
+
+
+@_reads_op.register_fake
+def _(z0, alpha, eta, left, right, x, c):
+    return left.new_empty(left.shape)
+
+
+@_reads_backward_op.register_fake
+def _(z0, alpha, eta, left, right, x, g, c):
+    return [z0.new_empty(z0.shape), alpha.new_empty(alpha.shape), eta.new_empty(eta.shape),
+            left.new_empty(left.shape), right.new_empty(right.shape), x.new_empty(x.shape)]
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, c = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.c = c
+
+
+def _backward(ctx, g):
+    return (*_reads_backward_op(*ctx.saved_tensors, g, ctx.c), None)
+
+
+_reads_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.compiler.disable
+def softmax_reads(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
+                  left: torch.Tensor, right: torch.Tensor, x: torch.Tensor,
+                  c: float = 1.0) -> torch.Tensor:
+    """``o[:, t] = c · softmax(Z_t) x[:, t]`` (softmax over each row of ``Z_t``) with
+    ``Z_t = α_t Z_{t-1} - η_t l_t r_t^T`` from ``Z_{-1} = Z0``, differentiable in every tensor.
+
+    Shapes: ``z0 [N, R, S]``, ``alpha, eta [N, C]``, ``left [N, C, R]``, ``right, x
+    [N, C, S]`` -> ``[N, C, R]`` float32; every input is taken as contiguous float32 (a copy
+    where it is not). ``c > 0``.
+    """
+    N, R, S = z0.shape
+    C = alpha.shape[-1]
+    want = {"z0": (N, R, S), "alpha": (N, C), "eta": (N, C), "left": (N, C, R),
+            "right": (N, C, S), "x": (N, C, S)}
+    got = {"z0": z0, "alpha": alpha, "eta": eta, "left": left, "right": right, "x": x}
+    for name, t in got.items():
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"{name} must have shape {want[name]}, got {tuple(t.shape)}")
+        if t.device != z0.device:
+            raise ValueError(f"{name} is on {t.device}, z0 on {z0.device}")
+    if not c > 0:
+        raise ValueError(f"c must be positive, got {c!r}")
+    args = [t.to(torch.float32).contiguous() for t in got.values()]
+    return _reads_op(*args, float(c))
