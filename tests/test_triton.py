@@ -415,13 +415,19 @@ def _softmax_reads_by_recurrence(z0, alpha, eta, left, right, x, c):
     return torch.stack(outs, dim=1)
 
 
-@pytest.mark.parametrize("C,R,S,c", [(7, 5, 6, 1.0), (9, 40, 24, 1.7), (4, 16, 33, 0.5),
-                                     (1, 3, 16, 2.0)])
-def test_softmax_reads_against_the_recurrence(C, R, S, c):
+@pytest.mark.parametrize("C,R,S,c,scratch", [(7, 5, 6, 1.0, None), (9, 40, 24, 1.7, None),
+                                             (9, 40, 24, 1.7, 1), (4, 16, 33, 0.5, None),
+                                             (1, 3, 16, 2.0, None)])
+def test_softmax_reads_against_the_recurrence(monkeypatch, C, R, S, c, scratch):
     """Outputs and all six input gradients of the fused op (float32) against float64 autograd
     of the recurrence; chunk lengths that are and are not multiples of the backward's groups of
     4 tokens, row counts that do and do not fill a block, rows shorter and longer than a power
-    of two; gates down to 0.05 so a division by α would show."""
+    of two; gates down to 0.05 so a division by α would show; ``scratch=1``: a scratch of one
+    chunk, so the backward launches once per chunk."""
+    from miras_gpu.triton import softmax_reads as sr
+
+    if scratch is not None:
+        monkeypatch.setattr(sr, "SCRATCH_BYTES", scratch)
     gen = torch.Generator().manual_seed(C * R)
     N = 3
     shapes = [(N, R, S), (N, C), (N, C), (N, C, R), (N, C, S), (N, C, S)]
