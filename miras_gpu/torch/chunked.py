@@ -16,7 +16,9 @@ chunk takes an exact recurrent step and the rest of the chunk takes its gradient
 state. Chunk size 1 equals the recurrence.
 
 All per-token work of a chunk is vectorised (einsum/matmul over the chunk's tokens); the only
-Python loop is over chunks. Two read paths, side by side:
+Python loop is over chunks. A chunk's *writes* (:func:`chunk_writes`: the anchor, the
+per-token gradients, the masks, the end state) feed the next chunk; its *reads* do not. Three
+read paths, side by side:
 
 * **identity link** (ℓ2 retention) with a matrix or MLP memory: the read ``Z_t x_t`` is
   expanded as ``(β_t/β_{t'}) Z_{t'} x_t - Σ_i mask[t,i] (right_i·x_t) left_i`` using the
@@ -27,10 +29,16 @@ Python loop is over chunks. Two read paths, side by side:
   are formed inside a checkpoint and not kept (:func:`token_scales`), or, for 16-bit inputs
   on CUDA with scalar gates, never formed: a fused Triton op sums ``|Z_t|^q`` block by block
   (:mod:`miras_gpu.triton.token_norms`; a graph break under ``torch.compile``);
+* **row-softmax KL link** (Memora) with scalar gates on CUDA: a fused Triton op steps each
+  token's state in registers and reads through its row softmax, never storing the states
+  (:mod:`miras_gpu.triton.softmax_reads`, :data:`FUSED_SOFTMAX_READS`);
 * **any link** (ℓq exact, KL, elastic-net FTRL, sigmoid Bregman): the per-token states
   ``Z_t [B, H, C, *shape]`` are formed, ``ψ`` is applied to each, and each query reads its own
   weights. This costs ``C`` copies of the memory per chunk; ``checkpoint=True`` recomputes a
   chunk in the backward pass instead of keeping them.
+
+The first three read paths form no per-token state, so the loop writes chunk after chunk and
+reads :data:`READ_WINDOW` chunks at once, stacked on the batch axis (:func:`chunked_forward`).
 """
 
 from __future__ import annotations
