@@ -336,6 +336,24 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
     _assert_rel_close(res[1], res[0], COMPILE_BOUND)
 
 
+def _runs_per_switch(monkeypatch, switch: str, values, cfg, t, chunk: int, how, before=None):
+    """Outputs, final state and every gradient of one chunked call per value of
+    ``miras_gpu.torch.chunked.<switch>`` (``before()`` runs before each call)."""
+    from miras_gpu.torch import chunked
+
+    res = []
+    for value in values:
+        monkeypatch.setattr(chunked, switch, value)
+        if before is not None:
+            before()
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"],
+                                      chunk_size=chunk, initial_state=t["initial_state"],
+                                      output_final_state=True, compile_chunks=how)
+        outs = [y, *s.values()]
+        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    return res
+
+
 @needs_cuda
 @pytest.mark.parametrize("block", [None, 6])
 @pytest.mark.parametrize("how", [False, True, "graphs"])
@@ -354,14 +372,7 @@ def test_fused_power_sums_cuda(monkeypatch, dtype, how, block):
     calls = []
     real = chunked._fused_power_sums
     monkeypatch.setattr(chunked, "_fused_power_sums", lambda *a: calls.append(1) or real(*a))
-    res = []
-    for fused in (True, False):
-        monkeypatch.setattr(chunked, "FUSED_POWER_SUMS", fused)
-        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
-                                      initial_state=t["initial_state"], output_final_state=True,
-                                      compile_chunks=how)
-        outs = [y, *s.values()]
-        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    res = _runs_per_switch(monkeypatch, "FUSED_POWER_SUMS", (True, False), cfg, t, 16, how)
     assert calls
     _assert_rel_close(res[0], res[1], 5e-3 if dtype == torch.bfloat16 else COMPILE_BOUND)
 
@@ -382,15 +393,10 @@ def test_windowed_reads_equal_chunk_by_chunk(monkeypatch, model):
     real = chunked.chunk_reads
     monkeypatch.setattr(chunked, "chunk_reads", lambda *a: calls.append(a[3].shape[0])
                         or real(*a))
-    res = []
-    for window in (1, 2):
-        monkeypatch.setattr(chunked, "READ_WINDOW", window)
-        calls.clear()
-        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=8,
-                                      initial_state=t["initial_state"], output_final_state=True)
-        outs = [y, *s.values()]
-        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
-    # read as batches of 2, 2 and 1 chunks (the last one partial), B = 2 rows each
+    res = _runs_per_switch(monkeypatch, "READ_WINDOW", (1, 2), cfg, t, 8, False,
+                           before=calls.clear)
+    # the last run (READ_WINDOW = 2) read batches of 2, 2 and 1 chunks (the last one
+    # partial), B = 2 rows each
     assert calls == [4, 4, 2], calls
     _assert_rel_close(res[1], res[0], 1e-12)
 
@@ -409,14 +415,7 @@ def test_fused_softmax_reads_cuda(monkeypatch, dtype, how):
     calls = []
     real = chunked._softmax_read
     monkeypatch.setattr(chunked, "_softmax_read", lambda *a: calls.append(1) or real(*a))
-    res = []
-    for fused in (None, False):
-        monkeypatch.setattr(chunked, "FUSED_SOFTMAX_READS", fused)
-        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
-                                      initial_state=t["initial_state"], output_final_state=True,
-                                      compile_chunks=how)
-        outs = [y, *s.values()]
-        res.append(outs + [g for g in _flat_grads(t, outs) if g is not None])
+    res = _runs_per_switch(monkeypatch, "FUSED_SOFTMAX_READS", (None, False), cfg, t, 16, how)
     assert calls
     # bf16: the outputs and the inputs' gradients are rounded to bf16 (one ulp is 2^-8)
     _assert_rel_close(res[0], res[1], 5e-3 if dtype == torch.bfloat16 else COMPILE_BOUND)
