@@ -238,11 +238,13 @@ def main(argv=None) -> int:
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
     rows = []
     choice = {"fused": [None], "torch": [False], "both": [None, False]}
-    for model in args.models.split(","):
+    models = args.models.split(",")
+    # before any row sets the switch: where the fused softmax reads run by default
+    softmax_models = {m for m in models if softmax_reads_apply(zoo.get(m, 8), device)}
+    for model in models:
         cfg = zoo.get(model, 8)
         scalar = torch_retention.scalar_link(cfg.retention) is not None
-        torch_chunked.FUSED_SOFTMAX_READS = None  # the default, as a previous row may have set
-        softmax = softmax_reads_apply(cfg, device)
+        softmax = model in softmax_models
         for fused in choice[args.norms] if scalar else [None]:
             for reads in choice[args.softmax_reads] if softmax else [None]:
                 rows += bench_miras(model, size, device, dtype, args, fused=fused,

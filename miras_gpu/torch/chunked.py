@@ -353,10 +353,11 @@ def softmax_reads_apply(config, device: torch.device) -> bool:
     return _softmax_reads_module() is not None
 
 
-def _softmax_read(ops, config, z0: dict, gates: dict, grads: dict, q):
-    """``y_t = M(c·softmax(Z_t), q_t)`` for every token of the chunk by the fused op ``ops``
+def _softmax_read(config, z0: dict, gates: dict, grads: dict, q):
+    """``y_t = M(c·softmax(Z_t), q_t)`` for every token of the chunk by the fused op
     (:func:`read_kind` ``"softmax"``); ``gates[n] = (η, α) [B, H, C, 1, 1]``."""
     B, H = q.shape[:2]
+    ops = _softmax_reads_module()
 
     def layer_read(n, x):  # c softmax(Z_t) x_t, [B, H, C, s] -> [B, H, C, r]
         eta, alpha = (_gated(a, 3, "rs")[0].flatten(0, 1) for a in gates[n])
@@ -397,7 +398,7 @@ def read_kind(config, axes: dict, state: torch.Tensor) -> str | None:
 
 
 def gate_axes(config, gates: dict) -> dict:
-    """:func:`read_kind`'s ``axes`` from the gates ``[B, H, T, ...]`` of a call."""
+    """:func:`read_kind`'s ``axes`` from the gates ``[B, H, T, ...]`` of a call or a chunk."""
     mem = config.memory
     eta, alpha = (memories.gates_for(mem, gates[g][:, :, :1], lead=3) for g in ("eta", "alpha"))
     return {n: "".join(a for a, size in zip("rs", torch.broadcast_shapes(
@@ -429,10 +430,6 @@ class ChunkWrites:
         return {n: decay[:, :, -1] * self.z0[n] - last_sum(mask[:, :, -1], self.grads[n])
                 for n, (decay, mask) in self.coeffs.items()}
 
-    def axes(self) -> dict:
-        """:func:`read_kind`'s ``axes``."""
-        return {n: _gated(mask, 4, "rs")[1] for n, (_, mask) in self.coeffs.items()}
-
 
 def chunk_writes(config, z: dict, k, v, gates: dict) -> ChunkWrites:
     """The writes of one chunk in the chunk-parallel form (Eq 28-29), no lag token: every
@@ -462,7 +459,7 @@ def chunk_reads(config, kind: str, w: ChunkWrites, q, norm_precision: str | None
     d_k]`` -> ``[B, H, C, d_v]`` (``norm_precision``: :func:`token_scales`). ``w`` may hold
     several chunks of the same length stacked on the batch axis."""
     if kind == "softmax":
-        return _softmax_read(_softmax_reads_module(), config, w.z0, w.gates, w.grads, q)
+        return _softmax_read(config, w.z0, w.gates, w.grads, q)
     scales = token_scales(config, w.z0, w.coeffs, w.grads, w.gates,  # None: identity link
                           norm_precision)
     return FAST_READS[type(config.memory)](config, w.z0, w.coeffs, w.grads, q, scales)
@@ -478,7 +475,7 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
     ``norm_precision`` goes to :func:`token_scales`.
     """
     w = chunk_writes(config, z, k, v, gates)
-    kind = read_kind(config, w.axes(), next(iter(z.values()))) if fast else None
+    kind = read_kind(config, gate_axes(config, gates), next(iter(z.values()))) if fast else None
     if kind is not None:
         return chunk_reads(config, kind, w, q, norm_precision), w.end_state()
     # Eq 29: Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i), every t
@@ -650,8 +647,8 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
 def _windowed_forward(config, kind: str, chunks: list, z: dict, how: str | None,
                       norm_precision: str | None):
     """:func:`chunked_forward` with the writes chunk by chunk and the reads of every
-    :data:`READ_WINDOW` chunks at once (:data:`READ_WINDOW`); ``chunks``: ``(q, k, v, gates)``
-    of each chunk, ``how``: :func:`_compiled`'s (None: eager)."""
+    :data:`READ_WINDOW` chunks at once; ``chunks``: ``(q, k, v, gates)`` of each chunk, ``how``:
+    :func:`_compiled`'s (None: eager)."""
     write, reads = process_chunk_writes, chunk_reads
     if how:
         write, reads = _compiled(write, config, how), _compiled(reads, config, how)

@@ -59,6 +59,16 @@ def _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S, rows, cols, r
 
 
 @triton.jit
+def _step(z, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S, rows, cols, rm, cm):
+    """Token ``t``'s update of the rows ``z [BR, BS]`` of the state, ``Z_t = α_t Z_{t-1} -
+    η_t l_t r_t^T``; returns ``Z_t`` and the token's ``α_t, η_t, l_t, r_t, x_t``
+    (:func:`_token`)."""
+    a, e, lt, rt, xt = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S, rows,
+                              cols, rm, cm)
+    return a * z - (e * lt)[:, None] * rt[None, :], a, e, lt, rt, xt
+
+
+@triton.jit
 def _softmax_rows(z, cm):
     """``softmax(z)`` over each row of ``z [BR, BS]``, columns outside ``cm`` excluded."""
     zm = tl.where(cm[None, :], z, float("-inf"))
@@ -79,10 +89,8 @@ def softmax_reads_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, out_pt
     z = tl.load(z0_ptr + n * R * S + rows[:, None] * S + cols[None, :],
                 mask=rm[:, None] & cm[None, :], other=0.0)
     for t in range(0, C):
-        a, e, lt, rt, xt = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S,
+        z, _, _, _, _, xt = _step(z, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S,
                                   rows, cols, rm, cm)
-        # Z_t = α_t Z_{t-1} - η_t l_t r_t^T
-        z = a * z - (e * lt)[:, None] * rt[None, :]
         # o_t = c softmax(Z_t) x_t, row by row
         zm = tl.where(cm[None, :], z, float("-inf"))
         p = tl.exp(zm - tl.max(zm, axis=1)[:, None])
@@ -134,28 +142,23 @@ def softmax_reads_backward_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_pt
     for grp in range(0, NG):
         tl.store(scratch_ptr + ((n * NB + pb) * NG + grp) * BR * BS + own, z)
         for t in range(grp * 4, grp * 4 + 4):
-            a, e, lt, rt, xt = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S,
-                                      rows, cols, rm, cm)
-            z = a * z - (e * lt)[:, None] * rt[None, :]
+            z, _, _, _, _, _ = _step(z, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S,
+                                     rows, cols, rm, cm)
     tl.debug_barrier()  # the scratch is read back by other threads of the program
     lam = tl.zeros([BR, BS], dtype=tl.float32)
     for i in range(0, NG):
         grp = NG - 1 - i
         t0 = grp * 4
         z0 = tl.load(scratch_ptr + ((n * NB + pb) * NG + grp) * BR * BS + own)
-        # the group's 4 states, Z_t = α_t Z_{t-1} - η_t l_t r_t^T (unrolled: kept in registers)
-        a0, e0, l0, r0, x0 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0, C, R, S,
-                                    rows, cols, rm, cm)
-        z1 = a0 * z0 - (e0 * l0)[:, None] * r0[None, :]
-        a1, e1, l1, r1, x1 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 1, C, R,
-                                    S, rows, cols, rm, cm)
-        z2 = a1 * z1 - (e1 * l1)[:, None] * r1[None, :]
-        a2, e2, l2, r2, x2 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 2, C, R,
-                                    S, rows, cols, rm, cm)
-        z3 = a2 * z2 - (e2 * l2)[:, None] * r2[None, :]
-        a3, e3, l3, r3, x3 = _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 3, C, R,
-                                    S, rows, cols, rm, cm)
-        z4 = a3 * z3 - (e3 * l3)[:, None] * r3[None, :]
+        # the group's 4 states (unrolled: kept in registers)
+        z1, a0, e0, l0, r0, x0 = _step(z0, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0, C,
+                                       R, S, rows, cols, rm, cm)
+        z2, a1, e1, l1, r1, x1 = _step(z1, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 1,
+                                       C, R, S, rows, cols, rm, cm)
+        z3, a2, e2, l2, r2, x2 = _step(z2, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 2,
+                                       C, R, S, rows, cols, rm, cm)
+        z4, a3, e3, l3, r3, x3 = _step(z3, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 3,
+                                       C, R, S, rows, cols, rm, cm)
         # back through them
         lam = _back_token(z4, z3, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a3, e3,
                           l3, r3, x3, n, pb, NB, t0 + 3, C, R, S, c, rows, cols, rm, cm)
