@@ -21,7 +21,9 @@ total gradient of the state after token ``t``):
 * ``∂L/∂α_t = <Λ_t, Z_{t-1}>``, ``∂L/∂η_t = -l_t^T Λ_t r_t``,
 * ``∂L/∂l_t = -η_t Λ_t r_t``, ``∂L/∂r_t = -η_t Λ_t^T l_t``.
 
-The reverse walk needs the states in reverse order, and stepping back by ``Z_{t-1} = (Z_t +
+The forward kernel also writes each row's log-sum-exp ``lse_t[j] = log Σ_m exp Z_t[j, m]``,
+so the backward forms ``P_t = exp(Z_t - lse_t)`` and takes ``o_t`` from the output instead of
+reducing each row three times again. The reverse walk needs the states in reverse order, and stepping back by ``Z_{t-1} = (Z_t +
 η_t l_t r_t^T) / α_t`` would divide by the gate. Instead the backward kernel first steps
 forward once, storing the state before every :data:`STEP` tokens in a scratch buffer, then
 walks those groups from the last: it re-forms the group's ``STEP`` states in registers
@@ -77,11 +79,12 @@ def _softmax_rows(z, cm):
 
 
 @triton.jit
-def softmax_reads_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, out_ptr, C, R, S, c,
-                         BR: tl.constexpr, BS: tl.constexpr):
-    """Grid ``(N, row blocks)``: ``o_t`` of rows ``BR·pid1 ..`` for every token of chunk
-    ``n``. ``z0 [N, R, S]``, ``alpha, eta [N, C]``, ``l [N, C, R]``, ``r, x [N, C, S]``,
-    ``out [N, C, R]``, contiguous float32."""
+def softmax_reads_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, out_ptr, lse_ptr, C,
+                         R, S, c, BR: tl.constexpr, BS: tl.constexpr):
+    """Grid ``(N, row blocks)``: ``o_t`` and the rows' log-sum-exp ``log Σ_m exp Z_t[j, m]``
+    of rows ``BR·pid1 ..`` for every token of chunk ``n``. ``z0 [N, R, S]``, ``alpha, eta
+    [N, C]``, ``l [N, C, R]``, ``r, x [N, C, S]``, ``out, lse [N, C, R]``, contiguous
+    float32."""
     n = tl.program_id(0)
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BS)
@@ -93,26 +96,33 @@ def softmax_reads_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, out_pt
                                   rows, cols, rm, cm)
         # o_t = c softmax(Z_t) x_t, row by row
         zm = tl.where(cm[None, :], z, float("-inf"))
-        p = tl.exp(zm - tl.max(zm, axis=1)[:, None])
-        o = c * tl.sum(p * xt[None, :], axis=1) / tl.sum(p, axis=1)
+        top = tl.max(zm, axis=1)
+        p = tl.exp(zm - top[:, None])
+        total = tl.sum(p, axis=1)
+        o = c * tl.sum(p * xt[None, :], axis=1) / total
         tl.store(out_ptr + (n * C + t) * R + rows, o, mask=rm)
+        tl.store(lse_ptr + (n * C + t) * R + rows, top + tl.log(total), mask=rm)
 
 
 @triton.jit
-def _back_token(z, zp, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a, e, lt, rt, xt,
-                n, pb, NB, t, C, R, S, c, rows, cols, rm, cm):
+def _back_token(z, zp, lam, g_ptr, o_ptr, lse_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a,
+                e, lt, rt, xt, n, pb, NB, t, C, R, S, c, rows, cols, rm, cm):
     """Token ``t`` of the reverse walk: ``z = Z_t``, ``zp = Z_{t-1}``, ``lam = α_{t+1}
-    Λ_{t+1}``; stores the token's gradients and returns ``α_t Λ_t``."""
-    p = _softmax_rows(z, cm)
-    o = c * tl.sum(p * xt[None, :], axis=1)
-    g = tl.load(g_ptr + (n * C + t) * R + rows, mask=rm, other=0.0)
+    Λ_{t+1}``; stores the token's gradients and returns ``α_t Λ_t``. ``P_t`` comes from the
+    forward pass's log-sum-exp of each row, ``o_t`` is its output."""
+    row = (n * C + t) * R + rows
+    lse = tl.load(lse_ptr + row, mask=rm, other=float("inf"))
+    # P_t = exp(Z_t - lse_t), 0 outside the state
+    p = tl.where(cm[None, :], tl.exp(z - lse[:, None]), 0.0)
+    o = tl.load(o_ptr + row, mask=rm, other=0.0)
+    g = tl.load(g_ptr + row, mask=rm, other=0.0)
     part = (n * NB + pb) * C + t  # this row block's part of a summed gradient
     # ∂L/∂x_t = c Σ_j g_t[j] P_t[j, :]
     tl.store(gx_ptr + part * S + cols, c * tl.sum(g[:, None] * p, axis=0), mask=cm)
     # Λ_t = g_t P_t ⊙ (c x_t - o_t) + α_{t+1} Λ_{t+1}
     lam = g[:, None] * p * (c * xt[None, :] - o[:, None]) + lam
     lam_r = tl.sum(lam * rt[None, :], axis=1)  # Λ_t r_t
-    tl.store(gl_ptr + (n * C + t) * R + rows, -e * lam_r, mask=rm)
+    tl.store(gl_ptr + row, -e * lam_r, mask=rm)
     tl.store(gr_ptr + part * S + cols, -e * tl.sum(lam * lt[:, None], axis=0), mask=cm)
     tl.store(ge_ptr + part, -tl.sum(lt * lam_r))
     tl.store(ga_ptr + part, tl.sum(tl.sum(lam * zp, axis=1)))
@@ -121,14 +131,15 @@ def _back_token(z, zp, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a, e,
 
 @triton.jit
 def softmax_reads_backward_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, g_ptr,
-                                  scratch_ptr, gz0_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr,
-                                  C, R, S, c, NG, BR: tl.constexpr, BS: tl.constexpr):
+                                  o_ptr, lse_ptr, scratch_ptr, gz0_ptr, gx_ptr, gl_ptr, gr_ptr,
+                                  ga_ptr, ge_ptr, C, R, S, c, NG, BR: tl.constexpr,
+                                  BS: tl.constexpr):
     """Grid ``(N, row blocks)``: every gradient of the reads of rows ``BR·pid1 ..``.
 
     Inputs as :func:`softmax_reads_kernel` with ``C = 4 NG`` (padded with identity steps),
-    ``g, gl [N, C, R]``; ``gz0 [N, R, S]``; the row blocks' parts ``gx, gr [N, NB, C, S]``,
-    ``ga, ge [N, NB, C]``; ``scratch [N, NB, NG, BR, BS]`` holds the state before every
-    group of :data:`STEP` (= 4) tokens."""
+    ``g, gl [N, C, R]``, the forward's ``o, lse [N, C, R]``; ``gz0 [N, R, S]``; the row
+    blocks' parts ``gx, gr [N, NB, C, S]``, ``ga, ge [N, NB, C]``; ``scratch [N, NB, NG, BR,
+    BS]`` holds the state before every group of :data:`STEP` (= 4) tokens."""
     n = tl.program_id(0)
     pb = tl.program_id(1)
     NB = tl.num_programs(1)
@@ -160,24 +171,29 @@ def softmax_reads_backward_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_pt
         z4, a3, e3, l3, r3, x3 = _step(z3, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t0 + 3,
                                        C, R, S, rows, cols, rm, cm)
         # back through them
-        lam = _back_token(z4, z3, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a3, e3,
-                          l3, r3, x3, n, pb, NB, t0 + 3, C, R, S, c, rows, cols, rm, cm)
-        lam = _back_token(z3, z2, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a2, e2,
-                          l2, r2, x2, n, pb, NB, t0 + 2, C, R, S, c, rows, cols, rm, cm)
-        lam = _back_token(z2, z1, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a1, e1,
-                          l1, r1, x1, n, pb, NB, t0 + 1, C, R, S, c, rows, cols, rm, cm)
-        lam = _back_token(z1, z0, lam, g_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr, ge_ptr, a0, e0,
-                          l0, r0, x0, n, pb, NB, t0, C, R, S, c, rows, cols, rm, cm)
+        lam = _back_token(z4, z3, lam, g_ptr, o_ptr, lse_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr,
+                          ge_ptr, a3, e3, l3, r3, x3, n, pb, NB, t0 + 3, C, R, S, c, rows,
+                          cols, rm, cm)
+        lam = _back_token(z3, z2, lam, g_ptr, o_ptr, lse_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr,
+                          ge_ptr, a2, e2, l2, r2, x2, n, pb, NB, t0 + 2, C, R, S, c, rows,
+                          cols, rm, cm)
+        lam = _back_token(z2, z1, lam, g_ptr, o_ptr, lse_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr,
+                          ge_ptr, a1, e1, l1, r1, x1, n, pb, NB, t0 + 1, C, R, S, c, rows,
+                          cols, rm, cm)
+        lam = _back_token(z1, z0, lam, g_ptr, o_ptr, lse_ptr, gx_ptr, gl_ptr, gr_ptr, ga_ptr,
+                          ge_ptr, a0, e0, l0, r0, x0, n, pb, NB, t0, C, R, S, c, rows,
+                          cols, rm, cm)
     # ∂L/∂Z0 = α_0 Λ_0
     tl.store(gz0_ptr + n * R * S + tile, lam, mask=rm[:, None] & cm[None, :])
 
 
 #: entries ``BR · BS`` of the state block a program steps (forward, backward) and warps of a
 #: program (forward, backward): the fastest of a sweep on an H200 for Memora's ``256 x 64`` and
-#: ``64 x 256`` states, 63 tokens, 4096 chunks a call (forward 3.3 and 4.4 ms, backward 19.2
-#: and 20.5 ms; with 4 warps the backward took 25.8 and 30.8 ms)
-BLOCK_ENTRIES = (2048, 2048)
-WARPS = (2, 2)
+#: ``64 x 256`` states, 63 tokens, 4096 chunks a call (forward 4.3 and 3.8 ms, backward 15.0
+#: and 14.9 ms; with 2 warps and 2048 entries the backward took 18.7 and 16.0 ms, with 4
+#: warps 28.2 and 29.1 ms)
+BLOCK_ENTRIES = (2048, 1024)
+WARPS = (1, 1)
 #: the most bytes of the backward's scratch (the states before every group of 4 tokens, a
 #: state per group and chunk): a call with more chunks launches the kernel on slices of them
 SCRATCH_BYTES = 256 * 2**20
@@ -192,31 +208,37 @@ def _blocks(R: int, S: int, entries: int) -> tuple[int, int, int]:
 
 @custom_op("miras::softmax_reads", mutates_args=())
 def _reads_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor, left: torch.Tensor,
-              right: torch.Tensor, x: torch.Tensor, c: float) -> torch.Tensor:
+              right: torch.Tensor, x: torch.Tensor, c: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reads ``[N, C, R]`` and the log-sum-exp of every row of every state ``[N, C, R]``
+    (kept for the backward pass)."""
     N, R, S = z0.shape
     C = alpha.shape[1]
     BR, BS, nb = _blocks(R, S, BLOCK_ENTRIES[0])
     out = torch.empty((N, C, R), dtype=torch.float32, device=z0.device)
-    softmax_reads_kernel[(N, nb)](z0, alpha, eta, left, right, x, out, C, R, S, c, BR=BR,
+    lse = torch.empty_like(out)
+    softmax_reads_kernel[(N, nb)](z0, alpha, eta, left, right, x, out, lse, C, R, S, c, BR=BR,
                                   BS=BS, num_warps=WARPS[0])
-    return out
+    return out, lse
 
 
 @custom_op("miras::softmax_reads_backward", mutates_args=())
 def _reads_backward_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
                        left: torch.Tensor, right: torch.Tensor, x: torch.Tensor,
-                       g: torch.Tensor, c: float) -> list[torch.Tensor]:
+                       o: torch.Tensor, lse: torch.Tensor, g: torch.Tensor,
+                       c: float) -> list[torch.Tensor]:
     N, R, S = z0.shape
     C0 = alpha.shape[1]
     BR, BS, nb = _blocks(R, S, BLOCK_ENTRIES[1])
     ng = triton.cdiv(C0, STEP)
     C = ng * STEP
-    if C > C0:  # whole groups of 4: identity steps (α = 1, η = 0, zero factors) at the end
+    if C > C0:  # whole groups of 4: identity steps (α = 1, η = 0, zero factors, P = 0)
         def pad(t, fill=0.0):
             return torch.cat([t, t.new_full((N, C - C0, *t.shape[2:]), fill)], dim=1)
 
-        alpha, eta, left, right, x, g = (pad(alpha, 1.0), pad(eta), pad(left), pad(right),
-                                         pad(x), pad(g))
+        alpha, eta, left, right, x, o, g = (pad(alpha, 1.0), pad(eta), pad(left), pad(right),
+                                            pad(x), pad(o), pad(g))
+        lse = pad(lse, float("inf"))
     f32, dev = torch.float32, z0.device
     gz0 = torch.empty((N, R, S), dtype=f32, device=dev)
     gl = torch.empty((N, C, R), dtype=f32, device=dev)
@@ -232,30 +254,31 @@ def _reads_backward_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
         part = slice(n0, min(N, n0 + step))
         softmax_reads_backward_kernel[(part.stop - n0, nb)](
             z0[part], alpha[part], eta[part], left[part], right[part], x[part], g[part],
-            scratch, gz0[part], gx[part], gl[part], gr[part], ga[part], ge[part],
-            C, R, S, c, ng, BR=BR, BS=BS, num_warps=WARPS[1])
+            o[part], lse[part], scratch, gz0[part], gx[part], gl[part], gr[part], ga[part],
+            ge[part], C, R, S, c, ng, BR=BR, BS=BS, num_warps=WARPS[1])
     return [gz0, ga.sum(1)[:, :C0], ge.sum(1)[:, :C0], gl[:, :C0], gr.sum(1)[:, :C0],
             gx.sum(1)[:, :C0]]
 
 
 @_reads_op.register_fake
 def _(z0, alpha, eta, left, right, x, c):
-    return left.new_empty(left.shape)
+    return left.new_empty(left.shape), left.new_empty(left.shape)
 
 
 @_reads_backward_op.register_fake
-def _(z0, alpha, eta, left, right, x, g, c):
+def _(z0, alpha, eta, left, right, x, o, lse, g, c):
     return [z0.new_empty(z0.shape), alpha.new_empty(alpha.shape), eta.new_empty(eta.shape),
             left.new_empty(left.shape), right.new_empty(right.shape), x.new_empty(x.shape)]
 
 
 def _setup_context(ctx, inputs, output):
     *tensors, c = inputs
-    ctx.save_for_backward(*tensors)
+    ctx.save_for_backward(*tensors, *output)
+    ctx.mark_non_differentiable(output[1])
     ctx.c = c
 
 
-def _backward(ctx, g):
+def _backward(ctx, g, _):
     return (*_reads_backward_op(*ctx.saved_tensors, g, ctx.c), None)
 
 
@@ -286,4 +309,4 @@ def softmax_reads(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
     if not c > 0:
         raise ValueError(f"c must be positive, got {c!r}")
     args = [t.to(torch.float32).contiguous() for t in got.values()]
-    return _reads_op(*args, float(c))
+    return _reads_op(*args, float(c))[0]
