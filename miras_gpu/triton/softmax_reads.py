@@ -23,11 +23,11 @@ total gradient of the state after token ``t``):
 
 The forward kernel also writes each row's log-sum-exp ``lse_t[j] = log Σ_m exp Z_t[j, m]``,
 so the backward forms ``P_t = exp(Z_t - lse_t)`` and takes ``o_t`` from the output instead of
-reducing each row three times again. The reverse walk needs the states in reverse order, and stepping back by ``Z_{t-1} = (Z_t +
-η_t l_t r_t^T) / α_t`` would divide by the gate. Instead the backward kernel first steps
-forward once, storing the state before every :data:`STEP` tokens in a scratch buffer, then
-walks those groups from the last: it re-forms the group's ``STEP`` states in registers
-(unrolled) and goes back through them.
+reducing each row three times again. The reverse walk needs the states in reverse order, and
+stepping back by ``Z_{t-1} = (Z_t + η_t l_t r_t^T) / α_t`` would divide by the gate. Instead
+the backward kernel first steps forward once, storing the state before every :data:`STEP`
+tokens in a scratch buffer, then walks those groups from the last: it re-forms the group's
+``STEP`` states in registers (unrolled) and goes back through them.
 
 Each program owns a block of rows: ``o``, ``∂L/∂Z0`` and ``∂L/∂l`` are the block's own; its
 parts of ``∂L/∂x``, ``∂L/∂r``, ``∂L/∂α`` and ``∂L/∂η`` are written per block and summed by
