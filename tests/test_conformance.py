@@ -358,7 +358,7 @@ def _runs_per_switch(monkeypatch, switch: str, values, cfg, t, chunk: int, how, 
 @pytest.mark.parametrize("block", [None, 6])
 @pytest.mark.parametrize("how", [False, True, "graphs"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fused_power_sums_cuda(monkeypatch, dtype, how, block):
+def test_fused_norms_cuda(monkeypatch, dtype, how, block):
     """Moneta's per-token norms from the fused Triton op (on by default for 16-bit inputs,
     forced here for float32 too) against the states formed by torch, eager, compiled and
     captured: values and gradients; each chunk of 16 tokens in one block, or in blocks of 6
@@ -370,8 +370,8 @@ def test_fused_power_sums_cuda(monkeypatch, dtype, how, block):
                         expansion=2)
     monkeypatch.setattr(chunked, "NORM_BLOCK", block)
     calls = []
-    real = chunked._fused_power_sums
-    monkeypatch.setattr(chunked, "_fused_power_sums", lambda *a: calls.append(1) or real(*a))
+    real = chunked._fused_norms
+    monkeypatch.setattr(chunked, "_fused_norms", lambda *a: calls.append(1) or real(*a))
     res = _runs_per_switch(monkeypatch, "FUSED_POWER_SUMS", (True, False), cfg, t, 16, how)
     assert calls
     _assert_rel_close(res[0], res[1], 5e-3 if dtype == torch.bfloat16 else COMPILE_BOUND)
@@ -456,3 +456,93 @@ def test_scalar_link_keeps_no_per_token_state():
     assert saved and max(saved) < per_token_states
     y.sum().backward()  # the recomputation runs
     assert all(torch.isfinite(x.grad).all() for x in (t["q"], t["k"], t["v"]))
+
+
+@pytest.mark.parametrize("q,kind", [(4.0, "simplified"), (3.0, "simplified"), (1.5, "exact")])
+def test_lq_link_of_huge_states_float32(q, kind):
+    """The torch backend's ℓq links (Eq 24 and the exact one) stay finite and right in float32
+    for accumulators whose ``Σ|A|^q`` overflows float32 (entries near 1e15, as Moneta's reach
+    on long sequences): values and gradients against the textbook formula in float64."""
+    from miras_gpu.torch import retention as rets
+    from miras_ref.retention import LqRetention
+
+    ret = LqRetention(q, link_kind=kind)
+    gen = torch.Generator().manual_seed(int(q))
+    base = 1e15 * torch.randn(2, 3, 8, 12, generator=gen, dtype=torch.float64)
+    power = q if kind == "simplified" else q / (q - 1)  # the norm's exponent
+    assert not torch.isfinite((base.float().abs() ** power).sum())  # the naive sum overflows
+    a32, a64 = (base.to(dt).requires_grad_(True) for dt in (torch.float32, torch.float64))
+
+    def textbook(a):  # Eq 24 (simplified) or the exact p-norm link, in float64
+        if kind == "simplified":
+            return a / (a.abs() ** q).sum((-2, -1), keepdim=True) ** ((q - 2) / q)
+        p = q / (q - 1)
+        n = (a.abs() ** p).sum((-2, -1), keepdim=True) ** (1 / p)
+        return (q - 1) * n ** (2 - p) * torch.sign(a) * a.abs() ** (p - 1)
+
+    mine, gold = rets.lq_link(ret, a32, 2), textbook(a64)
+    assert torch.isfinite(mine).all()
+    assert ((mine.double() - gold).norm() / gold.norm()).item() < 1e-5
+    cot = torch.randn(gold.shape, generator=gen, dtype=torch.float64)
+    (g32,), (g64,) = (torch.autograd.grad(o, a, cot.to(o.dtype))
+                      for o, a in ((mine, a32), (gold, a64)))
+    assert torch.isfinite(g32).all()
+    assert ((g32.double() - g64).norm() / g64.norm()).item() < 1e-5
+    if kind == "simplified":
+        m, s_hat = rets.lq_scale(ret, a32.detach(), 2)  # s = ŝ / m
+        assert torch.isfinite(m).all() and torch.isfinite(s_hat).all() and (s_hat > 0).all()
+        s_gold = (a64.detach().abs() ** q).sum((-2, -1), keepdim=True) ** ((2 - q) / q)
+        assert ((s_hat.double() / m.double() - s_gold).abs() / s_gold).max().item() < 1e-5
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_lq_retention_from_a_zero_state_float32(chunk_size):
+    """A matrix memory with the ℓq link (q = 4) started from ``A = 0`` (its default state):
+    the torch backend in float32 stays finite and equals miras_ref (float64, ``W = 0`` at
+    ``A = 0``), recurrent and chunked, gradients finite. ``0 / ‖0‖^{q-2}`` is what float32
+    cannot write as miras_ref does (``max(‖A‖, 1e-30)^2`` underflows)."""
+    from miras_gpu.triton.cases import gd_config
+    from miras_ref.bias import LpBias
+    from miras_ref.memory import MatrixMemory
+    from miras_ref.retention import LqRetention
+
+    cfg = gd_config(MatrixMemory(8, 8), LpBias(3.0), LqRetention(4.0))
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 9, 2, 8)) for _ in range(3))
+    gates = {"eta": 0.1 + 0.05 * rng.random((1, 9, 2)), "alpha": 0.9 + 0.1 * rng.random((1, 9, 2))}
+    gold, _ = miras_gpu.scan_chunked(cfg, q, k, v, gates, chunk_size=chunk_size)
+    leaves = [torch.tensor(x, dtype=torch.float32, requires_grad=True) for x in (q, k, v)]
+    mine, _ = miras_gpu.scan_chunked(cfg, *leaves, {n: torch.tensor(a) for n, a in gates.items()},
+                                     chunk_size=chunk_size, backend="torch")
+    assert torch.isfinite(mine).all()
+    np.testing.assert_allclose(mine.detach().numpy(), gold, rtol=0,
+                               atol=1e-5 * np.abs(gold).max())
+    mine.square().sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+
+
+def test_lq_dual_read_of_a_huge_state_float32():
+    """The chunked dual read ``ψ(Z_t) x = ŝ_t (Z_t x / m_t)`` of the simplified ℓq link from a
+    state near 1e25, where ``s = ‖A‖_4^{-2}`` (1e-52) underflows float32: the float32 outputs
+    and final state equal float64's."""
+    from miras_gpu.triton.cases import gd_config
+    from miras_ref.bias import LpBias
+    from miras_ref.memory import MatrixMemory
+    from miras_ref.retention import LqRetention
+
+    cfg = gd_config(MatrixMemory(8, 8), LpBias(3.0), LqRetention(4.0))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 9, 2, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    gates = {"eta": 0.1 + 0.05 * torch.rand(1, 9, 2, generator=gen, dtype=torch.float64),
+             "alpha": 0.9 + 0.1 * torch.rand(1, 9, 2, generator=gen, dtype=torch.float64)}
+    init = {"W": 1e25 * torch.randn(1, 2, 8, 8, generator=gen, dtype=torch.float64)}
+    out = {}
+    for dt in (torch.float32, torch.float64):
+        y, f = miras_gpu.scan_chunked(cfg, q.to(dt), k.to(dt), v.to(dt),
+                                      {n: a.to(dt) for n, a in gates.items()}, chunk_size=4,
+                                      initial_state={n: a.to(dt) for n, a in init.items()},
+                                      output_final_state=True, backend="torch")
+        out[dt] = (y.double(), f["W"].double())
+    for mine, gold in zip(out[torch.float32], out[torch.float64]):
+        assert torch.isfinite(mine).all()
+        assert ((mine - gold).norm() / gold.norm()).item() < 1e-5

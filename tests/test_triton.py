@@ -380,17 +380,18 @@ def test_moneta_torch_backend_with_fused_norms(monkeypatch, block):
     q, k, v, gates, init = make_inputs(cfg)
     monkeypatch.setattr(torch_chunked, "NORM_BLOCK", block)
     calls = []
-    real = torch_chunked._fused_power_sums
-    monkeypatch.setattr(torch_chunked, "_fused_power_sums",
+    real = torch_chunked._fused_norms
+    monkeypatch.setattr(torch_chunked, "_fused_norms",
                         lambda *a: calls.append(real(*a)) or calls[-1])
     monkeypatch.setattr(torch_chunked, "FUSED_POWER_SUMS", True)
     (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
                                           mine_op=torch_ops.scan_chunked)
     # float32 (mine): the op ran for the 2 full chunks (read as one batch, chunked.READ_WINDOW)
-    # and the partial last one, for 2 weight matrices, its sums shaped [B', H, C, 1, 1];
+    # and the partial last one, for 2 weight matrices, its bounds and norms
+    # shaped [B', H, C, 1, 1];
     # float64 (gold) formed the states
-    fused = [c for c in calls if c is not None]
-    assert [c.shape[:3] for c in fused] == [(2, 2, 16)] * 2 + [(1, 2, 5)] * 2
+    fused = [n for c in calls if c is not None for n in c]  # (bound, norm) per call
+    assert [c.shape[:3] for c in fused] == [(2, 2, 16)] * 4 + [(1, 2, 5)] * 4
     assert all(c.shape[3:] == (1, 1) for c in fused)
     assert err(my, gy) < TOL
     for n in gf:
@@ -482,3 +483,41 @@ def test_torch_backend_with_fused_softmax_reads(monkeypatch, model):
         assert err(mf[n], gf[n]) <= tol, n
     bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
     assert not bad, f"gradients above {tol:.1e}: {bad}"
+
+
+def test_fused_norms_of_huge_states():
+    """The torch backend's per-token ℓq norms by the fused op stay finite and right when
+    ``Σ|Z_t|^q`` overflows float32 (states near 1e14, as Moneta's accumulator reaches on long
+    sequences): ``‖Z_t‖_4`` and its gradients against float64 autograd of the formed states
+    (Eq 29)."""
+    from miras_gpu.torch import chunked as torch_chunked
+    from miras_gpu.torch.memory import Outer
+
+    ret = LqRetention(4.0)
+    gen = torch.Generator().manual_seed(0)
+    B, H, C, R, S = 2, 1, 20, 6, 5  # C > NORM_BLOCK: blocks started from their own states
+    base = [1e14 * torch.randn(B, H, R, S, generator=gen, dtype=torch.float64),
+            1e14 * torch.randn(B, H, C, R, generator=gen, dtype=torch.float64),
+            torch.randn(B, H, C, S, generator=gen, dtype=torch.float64),
+            torch.rand(B, H, C, 1, 1, generator=gen, dtype=torch.float64),
+            0.5 + 0.5 * torch.rand(B, H, C, 1, 1, generator=gen, dtype=torch.float64)]
+
+    def norms(z0, left, right, eta, alpha, fused):
+        decay, mask = torch_chunked.chunk_coefficients(eta, alpha, 2)
+        if fused:
+            u, n = torch_chunked._fused_norms(ret, z0, decay, mask, Outer(left, right),
+                                              (eta, alpha), "ieee")
+            return u * n
+        z_t = decay * z0[:, :, None] - torch_chunked.token_sum(mask, Outer(left, right))
+        return (z_t.abs() ** 4).sum((-2, -1), keepdim=True) ** 0.25
+
+    mine_in, gold_in = _leaves(base, torch.float32), _leaves(base, torch.float64)
+    mine, gold = norms(*mine_in, fused=True), norms(*gold_in, fused=False)
+    assert mine.shape == gold.shape == (B, H, C, 1, 1)
+    assert err(mine, gold) < TOL
+    cot = torch.randn(gold.shape, generator=gen, dtype=torch.float64)
+    for name, a, b in zip(["z0", "left", "right", "eta", "alpha"],
+                          torch.autograd.grad(mine, mine_in, cot.float()),
+                          torch.autograd.grad(gold, gold_in, cot)):
+        assert torch.isfinite(a).all(), name
+        assert err(a, b) < TOL, name

@@ -157,7 +157,8 @@ def outer_read(z0, decay, mask, grad: Outer, x):
 def token_scales(config, z0: dict, coeffs: dict, grads: dict, gates: dict,
                  norm_precision: str | None = None) -> dict | None:
     """``s_t = s(Z_t)`` of a scalar link ``ψ(Z) = s(Z) Z`` for every token of the chunk, per
-    parameter: ``[B, H, C, 1, ..., 1]``; None when the link is the identity.
+    parameter, as pairs ``(m, ŝ)`` with ``s = ŝ / m`` (:func:`miras_gpu.torch.retention.
+    lq_scale`), each ``[B, H, C, 1, ..., 1]``; None when the link is the identity.
 
     ``s`` needs the whole state ``Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i mask[t, i] G_i`` (Eq 29) of
     every token. It is formed inside a checkpoint: autograd keeps only the chunk's inputs and
@@ -174,9 +175,10 @@ def token_scales(config, z0: dict, coeffs: dict, grads: dict, gates: dict,
     out = {}
     for n, nd in algs.own_ndims(config).items():
         grad = grads[n]
-        fused = _fused_power_sums(ret, z0[n], *coeffs[n], grad, gates[n], norm_precision)
+        fused = _fused_norms(ret, z0[n], *coeffs[n], grad, gates[n], norm_precision)
         if fused is not None:
-            out[n] = retentions.lq_scale_of_sum(ret, fused)
+            u, n_t = fused
+            out[n] = (u, retentions.lq_scale_of_norm(ret, u, n_t))
             continue
         factors = [getattr(grad, f.name) for f in dataclasses.fields(grad)]
         fn = functools.partial(_token_scale, scale, ret, nd, type(grad))
@@ -224,8 +226,9 @@ def _token_norms_module():
     return token_norms
 
 
-def _fused_power_sums(ret, z0, decay, mask, grad, gates, precision: str | None):
-    """``Σ|Z_t|^q [B, H, C, 1, 1]`` by the fused Triton op at ``tl.dot`` precision
+def _fused_norms(ret, z0, decay, mask, grad, gates, precision: str | None):
+    """``‖Z_t‖_q = u_t n_t`` as ``(u, n) [B, H, C, 1, 1]`` (``u`` a constant bound of the
+    entries, :func:`_entry_bound`) by the fused Triton op at ``tl.dot`` precision
     ``precision`` (None: not used) for scalar gates and a rank-1 gradient, else None.
 
     ``z0 [B, H, r, s]``, ``decay [B, H, C, 1, 1]``, ``mask [B, H, C, C, 1, 1]``, ``grad`` an
@@ -247,10 +250,32 @@ def _fused_power_sums(ret, z0, decay, mask, grad, gates, precision: str | None):
         eta, alpha = (_gated(a, 3, "rs")[0] for a in gates)  # [B, H, C]
         z0, d, m, left, right = _block_starts(z0, d, m, left, right, eta, alpha, NORM_BLOCK)
     # lead axes [B, H] (or [B, H, k]) flattened into the op's N
-    total = ops.token_power_sums(z0.flatten(0, -3), d.flatten(0, -2), m.flatten(0, -3),
-                                 left.flatten(0, -3), right.flatten(0, -3), float(ret.q),
-                                 precision)
-    return total.reshape(B, H, -1)[:, :, :C].reshape(shape)
+    z0, d, m, left, right = (z0.flatten(0, -3), d.flatten(0, -2), m.flatten(0, -3),
+                             left.flatten(0, -3), right.flatten(0, -3))
+    u = _entry_bound(z0, d, m, left, right)[:, None, None]
+    # ‖Z_t‖_q = u (Σ|Z_t/u|^q)^{1/q}, Z_t/u unrolled from Z0/u with the factors l_i/u
+    total = ops.token_power_sums(z0 / u, d, m, left / u, right, float(ret.q), precision)
+    u = u[:, :, 0].expand_as(total)
+
+    def tokens(x):  # [N, C'] -> [B, H, C, 1, ..., 1]
+        return x.reshape(B, H, -1)[:, :, :C].reshape(shape)
+
+    return tokens(u), tokens(retentions.root(total, ret.q))
+
+
+def _entry_bound(z0, decay, mask, left, right) -> torch.Tensor:
+    """A constant ``u [N] > 0`` with ``|Z_t[r, s]| <= u`` for every token and entry
+    (Eq 29: ``|Z_t| <= d_t max|Z0| + Σ_i m[t, i] max|l_i| max|r_i|``), so that the op's
+    ``Σ|Z_t/u|^q`` stays below ``r·s`` however large the states grow (``Σ|Z_t|^q`` itself
+    overflows float32 once ``|Z_t|`` passes ``1e38^{1/q}``: 1e9 for Moneta's ``q = 4``).
+    ``z0 [N, r, s]``, ``decay [N, C]``, ``mask [N, C, C]``, ``left [N, C, r]``, ``right [N, C,
+    s]``."""
+    with torch.no_grad():
+        rank1 = left.abs().amax(-1) * right.abs().amax(-1)  # [N, C]
+        top = decay.abs() * z0.abs().amax((-2, -1))[:, None] + (
+            mask.abs() @ rank1[..., None])[..., 0]
+        u = top.amax(-1)
+        return torch.where(u > 0, u, torch.ones_like(u))
 
 
 def _block_starts(z0, decay, mask, left, right, eta, alpha, block: int):
@@ -287,16 +312,20 @@ def _block_starts(z0, decay, mask, left, right, eta, alpha, block: int):
 
 
 def _token_scale(scale, ret, own_ndim, kind, z0, decay, mask, *factors):
-    """``s(Z_t)``, ``Z_t = decay_t ⊙ Z0 - Σ_i mask[t, i] ⊙ G_i`` (Eq 29), ``G = kind(*factors)``
-    (:class:`Outer` or :class:`Dense`): ``[B, H, C, 1, ..., 1]``."""
+    """``s(Z_t)`` as ``(m, ŝ)``, ``Z_t = decay_t ⊙ Z0 - Σ_i mask[t, i] ⊙ G_i`` (Eq 29),
+    ``G = kind(*factors)`` (:class:`Outer` or :class:`Dense`): each ``[B, H, C, 1, ..., 1]``."""
     z_t = decay * z0[:, :, None] - token_sum(mask, kind(*factors))
     return scale(ret, z_t, own_ndim)
 
 
 def _scaled(x: torch.Tensor, scales: dict | None, name: str) -> torch.Tensor:
-    """``s_t x_t`` for ``x [B, H, C, r]`` and ``scales[name] [B, H, C, 1, 1]``; ``x`` when the
-    link is the identity (``scales`` None)."""
-    return x if scales is None else x * scales[name].flatten(start_dim=3)
+    """``s_t x_t = ŝ_t (x_t / m_t)`` for ``x [B, H, C, r]`` and ``scales[name] = (m, ŝ)
+    [B, H, C, 1, 1]`` (:func:`miras_gpu.torch.retention.lq_scale`); ``x`` when the link is
+    the identity (``scales`` None)."""
+    if scales is None:
+        return x
+    m, s_hat = (a.flatten(start_dim=3) for a in scales[name])
+    return (x / m) * s_hat
 
 
 def _matrix_fast_read(config, z0, coeffs, grads, q, scales=None):

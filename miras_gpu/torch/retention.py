@@ -38,9 +38,31 @@ def _own_axes(own_ndim: int) -> tuple[int, ...]:
     return tuple(range(-own_ndim, 0))
 
 
-def _norm(a, p: float, own_ndim: int):
-    """Entry-wise ``‖A‖_p`` over the parameter's own axes, kept for broadcasting."""
-    return (a.abs() ** p).sum(dim=_own_axes(own_ndim), keepdim=True) ** (1.0 / p)
+def _scaled_norm(a, p: float, own_ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entry-wise ``‖A‖_p = m · n`` over the parameter's own axes, kept for broadcasting:
+    ``m = max|A|``, a constant for autograd, and ``n = ‖A/m‖_p >= 1``; ``m = n = 1`` where
+    ``A = 0`` (:func:`root`).
+
+    ``Σ|A|^p`` itself overflows float32 once ``|A|`` passes ``1e38^{1/p}`` (1e9 for ``p = 4``),
+    which Moneta's accumulator reaches on long sequences, and so would the powers of ``‖A‖``
+    in the links' gradients; the links below raise only ``m`` and ``n`` to powers. Gradients
+    are exact: ``m · ‖A/m‖_p = ‖A‖_p`` for any constant ``m > 0``.
+    """
+    axes = _own_axes(own_ndim)
+    m = a.detach().abs().amax(dim=axes, keepdim=True)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return m, root(((a / m).abs() ** p).sum(dim=axes, keepdim=True), p)
+
+
+def root(total: torch.Tensor, p: float) -> torch.Tensor:
+    """``total^{1/p}``, and 1 where ``total = 0``, with finite gradients there.
+
+    ``total = 0`` means ``A = 0``, where the ℓq links are 0 whatever the norm (miras_ref
+    divides by ``max(‖A‖, 1e-30)^{q-2}``, a number float32 cannot hold); 1 keeps the link 0
+    and its derivatives finite.
+    """
+    ok = total > 0
+    return torch.where(ok, torch.where(ok, total, torch.ones_like(total)) ** (1.0 / p), 1.0)
 
 
 def soft_threshold(z, gamma):
@@ -59,29 +81,43 @@ def identity_link(ret, z, own_ndim):
 
 def lq_link(ret, z, own_ndim):
     """ℓq (Sec 5.2 variant 4). ``simplified``: ``W = A / ‖A‖_q^{q-2}`` (Eq 24); ``exact``:
-    ``W = (q-1) ‖A‖_p^{2-p} sign(A) |A|^{p-1}`` with ``p = q/(q-1)``."""
+    ``W = (q-1) ‖A‖_p^{2-p} sign(A) |A|^{p-1}`` with ``p = q/(q-1)``. Both written with
+    ``A = m Â``, ``‖A‖ = m n`` (:func:`_scaled_norm`)."""
     q = ret.q
     if ret.link_kind == "simplified":
-        return z / _norm(z, q, own_ndim).clamp_min(1e-30) ** (q - 2)
+        m, n = _scaled_norm(z, q, own_ndim)
+        # (m Â) (m n)^{2-q} = Â m^{3-q} n^{2-q}
+        return (z / m) * m ** (3 - q) * n ** (2 - q)
     p = q / (q - 1)
-    n = _norm(z, p, own_ndim).clamp_min(1e-30)
-    return (q - 1) * n ** (2 - p) * torch.sign(z) * z.abs() ** (p - 1)
+    m, n = _scaled_norm(z, p, own_ndim)
+    # (q-1) (m n)^{2-p} sign(A) (m |Â|)^{p-1} = (q-1) m n^{2-p} sign(A) |Â|^{p-1}
+    return (q - 1) * m * n ** (2 - p) * torch.sign(z) * (z / m).abs() ** (p - 1)
 
 
 def lq_scale(ret, z, own_ndim):
     """The scale of the simplified ℓq link, ``ψ(A) = s(A) A`` with ``s(A) = ‖A‖_q^{2-q}``
-    (Eq 24): one number per parameter, ``[..., 1, ..., 1]``."""
-    return lq_scale_of_sum(ret, (z.abs() ** ret.q).sum(dim=_own_axes(own_ndim), keepdim=True))
+    (Eq 24), one number per parameter, as the pair ``(m, ŝ)`` with ``s = ŝ / m``
+    (:func:`lq_scale_of_norm`), each ``[..., 1, ..., 1]``."""
+    m, n = _scaled_norm(z, ret.q, own_ndim)
+    return m, lq_scale_of_norm(ret, m, n)
 
 
-def lq_scale_of_sum(ret, total):
-    """``s(A) = ‖A‖_q^{2-q}`` from ``total = Σ|A|^q`` (any shape)."""
-    return (total ** (1.0 / ret.q)).clamp_min(1e-30) ** (2 - ret.q)
+def lq_scale_of_norm(ret, m, n):
+    """``ŝ = m^{3-q} n^{2-q}`` from ``‖A‖_q = m · n`` (``m`` a constant, :func:`_scaled_norm`;
+    any shapes that broadcast), so that ``s(A) = ‖A‖_q^{2-q} = ŝ / m``.
+
+    ``ψ(A) x = ŝ · (A x / m)``: both factors stay in float32's range for ``max|A|`` up to
+    ``1e38^{1/(q-3)}``, while ``s`` itself underflows once ``max|A|`` passes ``1e45^{1/(q-2)}``
+    (3e22 for ``q = 4``, which Moneta's first layer reaches after about 20,000 tokens of the
+    GPU stress run).
+    """
+    return m ** (3 - ret.q) * n ** (2 - ret.q)
 
 
 def scalar_link(ret) -> Callable | None:
-    """``scale(ret, z, own_ndim)`` when the link is ``ψ(Z) = s(Z) Z`` with one number
-    ``s(Z)`` per parameter (the simplified ℓq link of Moneta), else None.
+    """``scale(ret, z, own_ndim) -> (m, ŝ)`` when the link is ``ψ(Z) = s(Z) Z`` with one
+    number ``s(Z) = ŝ / m`` per parameter (the simplified ℓq link of Moneta, :func:`lq_scale`),
+    else None.
 
     With such a link the chunked form reads in the dual form (``ψ(Z_t) x = s_t (Z_t x)``) and
     needs each token's state only for the number ``s_t``.

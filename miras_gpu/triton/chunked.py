@@ -493,8 +493,9 @@ def _torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
     names = list(config.memory.shapes)
     starts = _chunk_starts(plan, L, states)
     f32 = torch.float32
-    # ℓq links recompute in float64: the torch backend's float32 ℓq link turns a zero state
-    # into 0/0 (1e-30 ** (q-2) underflows) and overflows Σ|A|^q for |A| above ~1e9
+    # ℓq links recompute in float64, as they have since the torch backend's float32 ℓq link
+    # turned a zero state into 0/0 and overflowed Σ|A|^q for |A| above ~1e9 (it no longer
+    # does: miras_gpu.torch.retention._scaled_norm); float32 here is not yet checked on a GPU
     rdt = torch.float64 if plan.link in (LINK_CODES["lq_simplified"], LINK_CODES["lq_exact"]) \
         else f32
     inputs = {"q": q, "k": k, "v": v, "eta": eta, "alpha": alpha}
