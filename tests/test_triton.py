@@ -150,7 +150,7 @@ def test_forward_state_and_gradients(name):
     assert not bad, f"gradients above {tol:.1e}: {bad}"
 
 
-def _torch32_tol(cfg, q, k, v, gates, init) -> float:
+def _torch32_tol(cfg, q, k, v, gates, init, chunk=CHUNK) -> float:
     """The bound for MLP memories. Their float32 arithmetic is ill-conditioned on these inputs
     (LayerNorm, softmax logits, tanh(10 e)): the torch backend's own float32 outputs, states
     and gradients are 1e-5 .. 6e-5 off float64 here. The kernels must not be worse than that
@@ -161,7 +161,7 @@ def _torch32_tol(cfg, q, k, v, gates, init) -> float:
     for leaves in (ref, f32):
         gg = dict(zip(gates, leaves[3:3 + len(gates)]))
         gi = dict(zip(init, leaves[3 + len(gates):]))
-        y, f = torch_ops.scan_chunked(cfg, *leaves[:3], gg, chunk_size=CHUNK, initial_state=gi,
+        y, f = torch_ops.scan_chunked(cfg, *leaves[:3], gg, chunk_size=chunk, initial_state=gi,
                                       output_final_state=True)
         gen = torch.Generator().manual_seed(1)
         cot = [torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)]
@@ -250,6 +250,23 @@ def test_cu_seqlens_matches_torch_backend():
     gy, gf = torch_ops.scan_chunked(cfg, q, k, v, gates, CHUNK, init, True, cu_seqlens=cu)
     assert err(y, gy) <= TOL and err(f["W"], gf["W"]) <= TOL
     assert f["W"].shape == (3, 2, D, D)
+
+
+@pytest.mark.parametrize("chunk,t", [(1, 6), (4, 9)])
+def test_lag_token_gradients_with_one_token_chunks(chunk, t):
+    """Memora's gradients (torch recomputation from the stored chunk starts) when chunks of
+    one token are the lag token alone, one segment instead of two: every chunk (chunk size
+    1, as ``scan`` runs) or the last one (T = 9, chunk 4), against the torch backend in
+    float64, within the bound of the torch backend's own float32 path (:func:`_torch32_tol`)."""
+    cfg = CASES["memora"][0]
+    q, k, v, gates, init = make_inputs(cfg, t=t, h=2, seed=5)
+    tol = _torch32_tol(cfg, q, k, v, gates, init, chunk)
+    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init, chunk=chunk)
+    assert err(my, gy) <= tol
+    for n in gf:
+        assert err(mf[n], gf[n]) <= tol, n
+    for n in gg:
+        assert err(mg[n], gg[n]) <= tol, n
 
 
 @pytest.mark.parametrize("name", ["deltanet", "memora"])

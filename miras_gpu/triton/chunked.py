@@ -480,9 +480,13 @@ def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
 
 
 def _chunk_starts(plan: Plan, L: Launch, states) -> tuple:
-    """The stored states at the start of every chunk (every other segment with a lag token)."""
-    step = 2 if plan.config.lag_token else 1
-    return tuple(s[:, :, 0:step * L.n_chunks:step] for s in states)
+    """The stored states at the start of every chunk: the segments whose first token is a
+    multiple of the chunk size (with a lag token a chunk of two or more tokens is two
+    segments, a chunk of one token is one, :func:`segments`)."""
+    bounds, _ = segments(L.T, L.chunk_size, plan.config.lag_token)
+    first = [j for j, b in enumerate(bounds[:-1]) if b % L.chunk_size == 0]
+    index = torch.tensor(first, device=states[0].device)
+    return tuple(s.index_select(2, index) for s in states)
 
 
 def _torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
