@@ -1965,14 +1965,14 @@ def nb08() -> list[tuple[str, str]]:
         ## The committed GPU report
 
         The repository holds the report of a full run on an NVIDIA H200
-        (`reports/conformance_torch_h200.md`, written by
+        (`reports/conformance_h200.md`, written by
         `python -m miras_gpu.conformance --device cuda --report ...`). It can be read the same
         way; below, its summary, then every case's error divided by its bound, beside the CPU
         slice run above. Points below the line at 1 pass; the distance to the line is the
         margin. (The path is relative to `tutorials/`, where this notebook runs.)
         """),
         code(r"""
-        committed = Path("..") / "reports" / "conformance_torch_h200.md"
+        committed = Path("..") / "reports" / "conformance_h200.md"
 
 
         def parse_case_id(case_id):
