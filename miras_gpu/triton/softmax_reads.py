@@ -51,12 +51,16 @@ STEP = 4
 
 @triton.jit
 def _token(alpha_ptr, eta_ptr, l_ptr, r_ptr, x_ptr, n, t, C, R, S, rows, cols, rm, cm):
-    """Gates ``α_t, η_t`` and the rows' ``l_t [BR]``, ``r_t, x_t [BS]`` of token ``t``."""
-    a = tl.load(alpha_ptr + n * C + t)
-    e = tl.load(eta_ptr + n * C + t)
-    lt = tl.load(l_ptr + (n * C + t) * R + rows, mask=rm, other=0.0)
-    rt = tl.load(r_ptr + (n * C + t) * S + cols, mask=cm, other=0.0)
-    xt = tl.load(x_ptr + (n * C + t) * S + cols, mask=cm, other=0.0)
+    """Gates ``α_t, η_t`` and the rows' ``l_t [BR]``, ``r_t, x_t [BS]`` of token ``t``; past
+    the chunk's ``C`` tokens an identity step (``α = 1``, ``η = 0``, zero factors)."""
+    tm = t < C
+    last = tl.minimum(t, C - 1)  # an in-bounds address; the value is replaced past the chunk
+    a = tl.where(tm, tl.load(alpha_ptr + n * C + last), 1.0)
+    e = tl.where(tm, tl.load(eta_ptr + n * C + last), 0.0)
+    rmt, cmt = rm & (rows * 0 + t < C), cm & (cols * 0 + t < C)  # as tensors (interpreter)
+    lt = tl.load(l_ptr + (n * C + t) * R + rows, mask=rmt, other=0.0)
+    rt = tl.load(r_ptr + (n * C + t) * S + cols, mask=cmt, other=0.0)
+    xt = tl.load(x_ptr + (n * C + t) * S + cols, mask=cmt, other=0.0)
     return a, e, lt, rt, xt
 
 
@@ -110,22 +114,25 @@ def _back_token(z, zp, lam, g_ptr, o_ptr, lse_ptr, gx_ptr, gl_ptr, gr_ptr, ga_pt
     """Token ``t`` of the reverse walk: ``z = Z_t``, ``zp = Z_{t-1}``, ``lam = α_{t+1}
     Λ_{t+1}``; stores the token's gradients and returns ``α_t Λ_t``. ``P_t`` comes from the
     forward pass's log-sum-exp of each row, ``o_t`` is its output."""
+    tm = t < C  # past the chunk: an identity step with P = 0, nothing stored
+    rmt, cmt = rm & (rows * 0 + t < C), cm & (cols * 0 + t < C)  # as tensors (interpreter)
     row = (n * C + t) * R + rows
-    lse = tl.load(lse_ptr + row, mask=rm, other=float("inf"))
+    lse = tl.load(lse_ptr + row, mask=rmt, other=float("inf"))
     # P_t = exp(Z_t - lse_t), 0 outside the state
     p = tl.where(cm[None, :], tl.exp(z - lse[:, None]), 0.0)
-    o = tl.load(o_ptr + row, mask=rm, other=0.0)
-    g = tl.load(g_ptr + row, mask=rm, other=0.0)
+    o = tl.load(o_ptr + row, mask=rmt, other=0.0)
+    g = tl.load(g_ptr + row, mask=rmt, other=0.0)
     part = (n * NB + pb) * C + t  # this row block's part of a summed gradient
     # ∂L/∂x_t = c Σ_j g_t[j] P_t[j, :]
-    tl.store(gx_ptr + part * S + cols, c * tl.sum(g[:, None] * p, axis=0), mask=cm)
+    tl.store(gx_ptr + part * S + cols, c * tl.sum(g[:, None] * p, axis=0), mask=cmt)
     # Λ_t = g_t P_t ⊙ (c x_t - o_t) + α_{t+1} Λ_{t+1}
     lam = g[:, None] * p * (c * xt[None, :] - o[:, None]) + lam
     lam_r = tl.sum(lam * rt[None, :], axis=1)  # Λ_t r_t
-    tl.store(gl_ptr + row, -e * lam_r, mask=rm)
-    tl.store(gr_ptr + part * S + cols, -e * tl.sum(lam * lt[:, None], axis=0), mask=cm)
-    tl.store(ge_ptr + part, -tl.sum(lt * lam_r))
-    tl.store(ga_ptr + part, tl.sum(tl.sum(lam * zp, axis=1)))
+    tl.store(gl_ptr + row, -e * lam_r, mask=rmt)
+    tl.store(gr_ptr + part * S + cols, -e * tl.sum(lam * lt[:, None], axis=0), mask=cmt)
+    if tm:
+        tl.store(ge_ptr + part, -tl.sum(lt * lam_r))
+        tl.store(ga_ptr + part, tl.sum(tl.sum(lam * zp, axis=1)))
     return a * lam
 
 
@@ -136,7 +143,8 @@ def softmax_reads_backward_kernel(z0_ptr, alpha_ptr, eta_ptr, l_ptr, r_ptr, x_pt
                                   BS: tl.constexpr):
     """Grid ``(N, row blocks)``: every gradient of the reads of rows ``BR·pid1 ..``.
 
-    Inputs as :func:`softmax_reads_kernel` with ``C = 4 NG`` (padded with identity steps),
+    Inputs as :func:`softmax_reads_kernel`, walked in ``NG = ⌈C/4⌉`` groups of 4 tokens (the
+    last group's tokens past ``C`` are identity steps),
     ``g, gl [N, C, R]``, the forward's ``o, lse [N, C, R]``; ``gz0 [N, R, S]``; the row
     blocks' parts ``gx, gr [N, NB, C, S]``, ``ga, ge [N, NB, C]``; ``scratch [N, NB, NG, BR,
     BS]`` holds the state before every group of :data:`STEP` (= 4) tokens."""
@@ -228,17 +236,9 @@ def _reads_backward_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
                        o: torch.Tensor, lse: torch.Tensor, g: torch.Tensor,
                        c: float) -> list[torch.Tensor]:
     N, R, S = z0.shape
-    C0 = alpha.shape[1]
+    C = alpha.shape[1]
     BR, BS, nb = _blocks(R, S, BLOCK_ENTRIES[1])
-    ng = triton.cdiv(C0, STEP)
-    C = ng * STEP
-    if C > C0:  # whole groups of 4: identity steps (α = 1, η = 0, zero factors, P = 0)
-        def pad(t, fill=0.0):
-            return torch.cat([t, t.new_full((N, C - C0, *t.shape[2:]), fill)], dim=1)
-
-        alpha, eta, left, right, x, o, g = (pad(alpha, 1.0), pad(eta), pad(left), pad(right),
-                                            pad(x), pad(o), pad(g))
-        lse = pad(lse, float("inf"))
+    ng = triton.cdiv(C, STEP)
     f32, dev = torch.float32, z0.device
     gz0 = torch.empty((N, R, S), dtype=f32, device=dev)
     gl = torch.empty((N, C, R), dtype=f32, device=dev)
@@ -256,8 +256,7 @@ def _reads_backward_op(z0: torch.Tensor, alpha: torch.Tensor, eta: torch.Tensor,
             z0[part], alpha[part], eta[part], left[part], right[part], x[part], g[part],
             o[part], lse[part], scratch, gz0[part], gx[part], gl[part], gr[part], ga[part],
             ge[part], C, R, S, c, ng, BR=BR, BS=BS, num_warps=WARPS[1])
-    return [gz0, ga.sum(1)[:, :C0], ge.sum(1)[:, :C0], gl[:, :C0], gr.sum(1)[:, :C0],
-            gx.sum(1)[:, :C0]]
+    return [gz0, ga.sum(1), ge.sum(1), gl, gr.sum(1), gx.sum(1)]
 
 
 @_reads_op.register_fake
