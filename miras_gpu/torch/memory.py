@@ -54,6 +54,19 @@ def layer_norm_vjp(zhat: torch.Tensor, rstd: torch.Tensor, du: torch.Tensor) -> 
                    - zhat * (du * zhat).mean(dim=-1, keepdim=True))
 
 
+def apply(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w^T``: ``x [..., N, s]``, ``w [..., r, s]`` -> ``[..., N, r]``.
+
+    One token (``N = 1``: the recurrence, Memora's lag token) is written as a broadcast
+    product summed over ``s``: ``torch.compile`` fuses that with the ops around it, where a
+    batched matrix-vector product is a library call of its own plus the copies its operands'
+    layouts need (tens of launches per chunk of Memora's lag token on a GPU).
+    """
+    if x.shape[-2] == 1 and x.ndim == w.ndim:
+        return (x.unsqueeze(-2) * w.unsqueeze(-3)).sum(-1)
+    return x @ w.mT
+
+
 @dataclass
 class Outer:
     """Per-token gradients ``G_n = left_n right_n^T`` of a matrix parameter ``[r, s]``.
@@ -65,7 +78,9 @@ class Outer:
     right: torch.Tensor
 
     def total(self) -> torch.Tensor:
-        """``Σ_n G_n``: ``[..., r, s]``."""
+        """``Σ_n G_n``: ``[..., r, s]`` (one token: the outer product, see :func:`apply`)."""
+        if self.left.shape[-2] == 1:
+            return self.left[..., 0, :, None] * self.right[..., 0, None, :]
         return self.left.mT @ self.right
 
     def per_token(self) -> torch.Tensor:
@@ -92,7 +107,7 @@ class Dense:
 
 def matrix_forward(memory, params, x):
     """``y_n = W x_n``: ``W [..., d_v, d_k]``, ``x [..., N, d_k]`` -> ``[..., N, d_v]``."""
-    return x @ params["W"].mT
+    return apply(x, params["W"])
 
 
 def matrix_token_grads(memory, params, x, dy):
@@ -120,9 +135,9 @@ def vector_token_grads(memory, params, x, dy):
 
 def mlp_parts(memory, params, x):
     """``h = W2 x``, ``a = σ(h)``, ``u = LN(W1 a)`` and LN's ``rstd``."""
-    h = x @ params["W2"].mT  # [..., N, E d]
+    h = apply(x, params["W2"])  # [..., N, E d]
     a = gelu(h)
-    u, rstd = layer_norm(a @ params["W1"].mT, memory.eps)  # [..., N, d]
+    u, rstd = layer_norm(apply(a, params["W1"]), memory.eps)  # [..., N, d]
     return h, a, u, rstd
 
 
@@ -137,7 +152,7 @@ def mlp_token_grads(memory, params, x, dy):
     ``dh = (W1^T dz) ⊙ σ'(h)``, ``dW2_n = dh_n x_n^T`` (the residual carries no parameter)."""
     h, a, u, rstd = mlp_parts(memory, params, x)
     dz = layer_norm_vjp(u, rstd, dy)
-    dh = (dz @ params["W1"]) * gelu_grad(h)
+    dh = apply(dz, params["W1"].mT) * gelu_grad(h)
     return {"W1": Outer(dz, a), "W2": Outer(dh, x)}
 
 
