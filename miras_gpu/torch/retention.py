@@ -85,9 +85,8 @@ def lq_link(ret, z, own_ndim):
     ``A = m Â``, ``‖A‖ = m n`` (:func:`_scaled_norm`)."""
     q = ret.q
     if ret.link_kind == "simplified":
-        m, n = _scaled_norm(z, q, own_ndim)
-        # (m Â) (m n)^{2-q} = Â m^{3-q} n^{2-q}
-        return (z / m) * m ** (3 - q) * n ** (2 - q)
+        m, s_hat = lq_scale(ret, z, own_ndim)
+        return (z / m) * s_hat  # s(A) A = (ŝ / m)(m Â) = ŝ Â
     p = q / (q - 1)
     m, n = _scaled_norm(z, p, own_ndim)
     # (q-1) (m n)^{2-p} sign(A) (m |Â|)^{p-1} = (q-1) m n^{2-p} sign(A) |Â|^{p-1}
