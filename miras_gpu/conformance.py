@@ -295,30 +295,27 @@ def _comparable(out, ref):
     return out, ref
 
 
-def max_error(out, ref) -> float:
-    """``max|out - ref| / max|ref|``; ``inf`` for NaN/inf or a shape mismatch."""
+def _relative(out, ref, size) -> float:
+    """``size(out - ref) / size(ref)`` (``size(ref) = 0``: the absolute ``size(out - ref)``);
+    ``inf`` for NaN/inf or a shape mismatch, 0 for empty arrays."""
     pair = _comparable(out, ref)
     if pair is None:
         return math.inf
     out, ref = pair
     if out.size == 0:
         return 0.0
-    scale = np.max(np.abs(ref))
-    diff = np.max(np.abs(out - ref))
+    scale, diff = size(ref), size(out - ref)
     return float(diff / scale) if scale > 0 else float(diff)
+
+
+def max_error(out, ref) -> float:
+    """``max|out - ref| / max|ref|``; ``inf`` for NaN/inf or a shape mismatch."""
+    return _relative(out, ref, lambda a: np.max(np.abs(a)))
 
 
 def rms_error(out, ref) -> float:
     """``rms(out - ref) / rms(ref)``; ``inf`` for NaN/inf or a shape mismatch."""
-    pair = _comparable(out, ref)
-    if pair is None:
-        return math.inf
-    out, ref = pair
-    if out.size == 0:
-        return 0.0
-    scale = np.sqrt(np.mean(ref**2))
-    diff = np.sqrt(np.mean((out - ref) ** 2))
-    return float(diff / scale) if scale > 0 else float(diff)
+    return _relative(out, ref, lambda a: np.sqrt(np.mean(a**2)))
 
 
 METRICS = {"max": max_error, "rms": rms_error}
