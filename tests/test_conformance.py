@@ -172,9 +172,7 @@ def test_fast_read_equals_per_token_states(model, monkeypatch):
     q, k, v = (x.movedim(2, 1) for x in (t["q"], t["k"], t["v"]))
     gates = {n: a.movedim(2, 1) for n, a in t["gates"].items()}
     z = dict(t["initial_state"])
-    calls = []
-    real_read = chunked.outer_read
-    monkeypatch.setattr(chunked, "outer_read", lambda *a: calls.append(1) or real_read(*a))
+    calls = _spy(monkeypatch, "outer_read")
     results = []
     for fast in (True, False):
         y, z_end = chunked.chunk_step(cfg, z, q, k, v, gates, fast=fast)
@@ -336,6 +334,16 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
     _assert_rel_close(res[1], res[0], COMPILE_BOUND)
 
 
+def _spy(monkeypatch, name: str, record=lambda *a: 1) -> list:
+    """Wrap ``miras_gpu.torch.chunked.<name>`` so each call appends ``record(*args)`` to the
+    returned list and then runs the real function."""
+    from miras_gpu.torch import chunked
+
+    calls, real = [], getattr(chunked, name)
+    monkeypatch.setattr(chunked, name, lambda *a: calls.append(record(*a)) or real(*a))
+    return calls
+
+
 def _runs_per_switch(monkeypatch, switch: str, values, cfg, t, chunk: int, how, before=None):
     """Outputs, final state and every gradient of one chunked call per value of
     ``miras_gpu.torch.chunked.<switch>`` (``before()`` runs before each call)."""
@@ -369,9 +377,7 @@ def test_fused_norms_cuda(monkeypatch, dtype, how, block):
     cfg, _, t = _inputs("moneta", (2, 40, 2, 16), dtype=dtype, requires_grad=True,
                         expansion=2)
     monkeypatch.setattr(chunked, "NORM_BLOCK", block)
-    calls = []
-    real = chunked._fused_norms
-    monkeypatch.setattr(chunked, "_fused_norms", lambda *a: calls.append(1) or real(*a))
+    calls = _spy(monkeypatch, "_fused_norms")
     res = _runs_per_switch(monkeypatch, "FUSED_POWER_SUMS", (True, False), cfg, t, 16, how)
     assert calls
     _assert_rel_close(res[0], res[1], 5e-3 if dtype == torch.bfloat16 else COMPILE_BOUND)
@@ -383,16 +389,12 @@ def test_windowed_reads_equal_chunk_by_chunk(monkeypatch, model):
     chunks, the last chunk partial) give what reading each chunk as it is written gives
     (READ_WINDOW = 1), float64: outputs, final state, every gradient; ``yaad_lag`` is Yaad
     with Memora's lag token (its lag tokens are read apart from the rest of the chunk)."""
-    from miras_gpu.torch import chunked
 
     base = "yaad" if model == "yaad_lag" else model
     cfg, _, t = _inputs(base, (2, 37, 2, 8), requires_grad=True, expansion=2)
     if model == "yaad_lag":
         cfg = dataclasses.replace(cfg, lag_token=True)
-    calls = []
-    real = chunked.chunk_reads
-    monkeypatch.setattr(chunked, "chunk_reads", lambda *a: calls.append(a[3].shape[0])
-                        or real(*a))
+    calls = _spy(monkeypatch, "chunk_reads", lambda *a: a[3].shape[0])  # rows read at once
     res = _runs_per_switch(monkeypatch, "READ_WINDOW", (1, 2), cfg, t, 8, False,
                            before=calls.clear)
     # the last run (READ_WINDOW = 2) read batches of 2, 2 and 1 chunks (the last one
@@ -408,13 +410,10 @@ def test_fused_softmax_reads_cuda(monkeypatch, dtype, how):
     """Memora's reads (one gate per head) from the fused Triton op (on by default on CUDA)
     against the states formed by torch, eager, compiled and captured: values and gradients.
     Both paths compute in float32, so they differ by float32 round-off."""
-    from miras_gpu.torch import chunked
 
     cfg, _, t = _inputs("x_memora_head_gates", (2, 40, 2, 16), dtype=dtype,
                         requires_grad=True, expansion=2)
-    calls = []
-    real = chunked._softmax_read
-    monkeypatch.setattr(chunked, "_softmax_read", lambda *a: calls.append(1) or real(*a))
+    calls = _spy(monkeypatch, "_softmax_read")
     res = _runs_per_switch(monkeypatch, "FUSED_SOFTMAX_READS", (None, False), cfg, t, 16, how)
     assert calls
     # bf16: the outputs and the inputs' gradients are rounded to bf16 (one ulp is 2^-8)
