@@ -540,22 +540,26 @@ def process_chunk(config, z: dict, q, k, v, gates: dict, norm_precision: str | N
     return torch.cat([y0, y], dim=2), z
 
 
-def process_chunk_writes(config, z: dict, k, v, gates: dict, q_lag=None):
+def process_chunk_writes(config, z: dict, lag, rest):
     """:func:`process_chunk` without the reads that form no per-token state (the caller runs
-    those for many chunks at once, :func:`chunk_reads`).
+    those for many chunks at once, :func:`chunk_reads`), on the chunk's parts: ``lag = (q, k,
+    v, gates)`` of Memora's lag token ``[B, H, 1, ...]`` (None without one) and ``rest = (k,
+    v, gates)`` of the other tokens (None when the chunk is its lag token alone).
 
     Returns ``(y_lag, writes, z_end)``: the lag token's output ``[B, H, 1, d_v]`` (None
-    without a lag token; ``q_lag [B, H, 1, d_k]`` is its query), the :class:`ChunkWrites` of
-    the (rest of the) chunk (None when the chunk is its lag token alone) and the state at the
-    chunk's end.
+    without a lag token), the :class:`ChunkWrites` of the rest (None without one) and the
+    state at the chunk's end.
     """
     y0 = None
-    if config.lag_token:
-        y0, z = _lag_token(config, z, q_lag, k, v, gates)
-        if k.shape[2] == 1:
-            return y0, None, z
-        k, v, gates = k[:, :, 1:], v[:, :, 1:], _after_lag(gates)
-    w = chunk_writes(config, z, k, v, gates)
+    if lag is not None:
+        q0, k0, v0, g0 = lag
+        # Eq 30 (squeezed, not indexed: a view, whose gradient is no zero-filled copy)
+        z = algs.step(config, z, k0.squeeze(2), v0.squeeze(2),
+                      {n: a.squeeze(2) for n, a in g0.items()})
+        y0 = read(config, z, q0)
+    if rest is None:
+        return y0, None, z
+    w = chunk_writes(config, z, *rest)
     return y0, w, w.end_state()
 
 
@@ -651,13 +655,14 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
     if compile_chunks:
         how = compile_chunks if isinstance(compile_chunks, str) else "inductor"
     kind = read_kind(config, gate_axes(config, gates), next(iter(z.values())))
+    if kind is not None and READ_WINDOW > 1 and not checkpoint and how != "reduce-overhead":
+        return _windowed_forward(config, kind, _chunk_parts(config, q, k, v, gates,
+                                                            chunk_size), z, how, norm_precision)
     # one split per input: its backward concatenates the chunks' gradients once (a slice per
     # chunk would add a zero-padded [B, H, T, ...] gradient per chunk)
     qs, ks, vs = (x.split(chunk_size, dim=2) for x in (q, k, v))
     gs = {n: a.split(chunk_size, dim=2) for n, a in gates.items()}
     chunks = [(qs[c], ks[c], vs[c], {n: a[c] for n, a in gs.items()}) for c in range(len(qs))]
-    if kind is not None and READ_WINDOW > 1 and not checkpoint and how != "reduce-overhead":
-        return _windowed_forward(config, kind, chunks, z, how, norm_precision)
     if how:
         fn = functools.partial(compiled_chunk_fn(config, how), norm_precision=norm_precision)
     else:
@@ -673,21 +678,40 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
     return torch.cat(ys, dim=2), z
 
 
+def _chunk_parts(config, q, k, v, gates: dict, chunk_size: int) -> list:
+    """Each chunk as ``(lag, rest)`` for :func:`process_chunk_writes`: ``lag = (q, k, v,
+    gates)`` of Memora's lag token (None without one), ``rest = (q, k, v, gates)`` of the other
+    tokens (None when the chunk is its lag token alone). One split per input at every chunk
+    and lag boundary: its backward concatenates all the parts' gradients once, where slicing
+    each chunk would add a zero-filled copy per slice."""
+    T, lag = q.shape[2], int(config.lag_token)
+    lengths = [min(chunk_size, T - s) for s in range(0, T, chunk_size)]
+    sizes = [m for n in lengths for m in ([1, n - 1] if lag and n > 1 else [n])]
+    qs, ks, vs = (x.split(sizes, dim=2) for x in (q, k, v))
+    gs = {name: a.split(sizes, dim=2) for name, a in gates.items()}
+    index = iter(range(len(sizes)))
+
+    def part():  # the next part of every input
+        j = next(index)
+        return qs[j], ks[j], vs[j], {name: a[j] for name, a in gs.items()}
+
+    return [(part() if lag else None, part() if n > lag else None) for n in lengths]
+
+
 def _windowed_forward(config, kind: str, chunks: list, z: dict, how: str | None,
                       norm_precision: str | None):
     """:func:`chunked_forward` with the writes chunk by chunk and the reads of every
-    :data:`READ_WINDOW` chunks at once; ``chunks``: ``(q, k, v, gates)`` of each chunk, ``how``:
-    :func:`_compiled`'s (None: eager)."""
+    :data:`READ_WINDOW` chunks at once; ``chunks``: ``(lag, rest)`` parts of each chunk
+    (:func:`_chunk_parts`), ``how``: :func:`_compiled`'s (None: eager)."""
     write, reads = process_chunk_writes, chunk_reads
     if how:
         write, reads = _compiled(write, config, how), _compiled(reads, config, how)
     else:
         write, reads = (functools.partial(f, config) for f in (write, reads))
-    lag = int(config.lag_token)
     ys, window = [], []
-    for n, (q, k, v, gates) in enumerate(chunks):
-        y0, w, z = write(z, k, v, gates, q[:, :, :lag] if lag else None)
-        window.append((y0, w, q[:, :, lag:]))
+    for n, (lag, rest) in enumerate(chunks):
+        y0, w, z = write(z, lag, None if rest is None else rest[1:])
+        window.append((y0, w, None if rest is None else rest[0]))
         if len(window) == READ_WINDOW or n == len(chunks) - 1:
             ys += _window_reads(kind, window, reads, norm_precision)
             window = []
@@ -695,9 +719,10 @@ def _windowed_forward(config, kind: str, chunks: list, z: dict, how: str | None,
 
 
 def _window_reads(kind: str, window: list, reads, norm_precision: str | None) -> list:
-    """The outputs ``[B, H, C, d_v]`` of the chunks of ``window`` (``(y_lag, writes, q)`` each,
-    :func:`process_chunk_writes`): the reads of all chunks of one length as one batch."""
-    out = [y0 for y0, _, _ in window]
+    """The outputs of the chunks of ``window`` (``(y_lag, writes, q)`` each,
+    :func:`process_chunk_writes`) in order, each chunk's lag output (if any) then the rest's
+    ``[B, H, C', d_v]``: the reads of all chunks of one length as one batch."""
+    rest: dict[int, torch.Tensor] = {}
     by_length: dict[int, list[int]] = {}
     for i, (_, w, q) in enumerate(window):
         if w is not None:
@@ -705,8 +730,10 @@ def _window_reads(kind: str, window: list, reads, norm_precision: str | None) ->
     for idx in by_length.values():
         q = torch.cat([window[i][2] for i in idx], dim=0)
         y = reads(kind, _stack_writes([window[i][1] for i in idx]), q, norm_precision)
-        for i, yi in zip(idx, y.chunk(len(idx), dim=0)):
-            out[i] = yi if out[i] is None else torch.cat([out[i], yi], dim=2)
+        rest.update(zip(idx, y.chunk(len(idx), dim=0)))
+    out = []
+    for i, (y0, _, _) in enumerate(window):
+        out += [y for y in (y0, rest.get(i)) if y is not None]
     return out
 
 
