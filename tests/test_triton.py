@@ -269,6 +269,24 @@ def test_lag_token_gradients_with_one_token_chunks(chunk, t):
         assert err(mg[n], gg[n]) <= tol, n
 
 
+@pytest.mark.parametrize("name", ["moneta", "memora"])
+def test_torch_backward_in_windows(monkeypatch, name):
+    """The torch recomputation of the backward with windows of 2 chunks: 4 full chunks in two
+    windows (each one batch of reads, then the writes chunk after chunk) and a partial last
+    chunk alone, against the torch backend in float64 (outputs, final state, every gradient,
+    within the bound of :func:`_torch32_tol`)."""
+    monkeypatch.setattr(triton_ops.chunked, "BACKWARD_WINDOW", 2)
+    cfg = CASES[name][0]
+    q, k, v, gates, init = make_inputs(cfg, t=19, h=2, seed=7)
+    tol = _torch32_tol(cfg, q, k, v, gates, init, 4)
+    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init, chunk=4)
+    assert err(my, gy) <= tol
+    for n in gf:
+        assert err(mf[n], gf[n]) <= tol, n
+    bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
+    assert not bad, f"gradients above {tol:.1e}: {bad}"
+
+
 @pytest.mark.parametrize("name", ["deltanet", "memora"])
 def test_scan_is_the_recurrence(name):
     """``scan`` runs the kernels with chunk size 1, which equals the exact recurrence."""

@@ -489,49 +489,112 @@ def _chunk_starts(plan: Plan, L: Launch, states) -> tuple:
     return tuple(s.index_select(2, index) for s in states)
 
 
+#: the torch recomputation of the backward (:func:`_torch_backward`) compiles its chunk steps
+#: on CUDA for sequences of at least this many tokens: the compilation takes tens of seconds
+#: per configuration and chunk shape, which only long sequences (and repeated calls) repay
+COMPILE_MIN_TOKENS = 2048
+#: chunks whose reads :func:`_torch_backward` recomputes (and differentiates) as one batch:
+#: the activations of the recomputation are those of this many chunks
+BACKWARD_WINDOW = 16
+
+
 def _torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
-    """Gradients by torch autograd on :func:`miras_gpu.torch.chunked.process_chunk`, one chunk
-    at a time from the last, each recomputed from its stored start state."""
+    """Gradients by torch autograd on the torch backend's chunk step, recomputed in float32
+    from the stored chunk start states, in windows of :data:`BACKWARD_WINDOW` chunks from the
+    last.
+
+    Chunk ``c`` maps its start state ``Z_c`` to its outputs ``y_c`` and its end state
+    ``Z_{c+1}``, so ``∂L/∂Z_c = (∂y_c/∂Z_c)^T gy_c + (∂Z_{c+1}/∂Z_c)^T ∂L/∂Z_{c+1}``. The first
+    term needs no other chunk: a window's chunks run as one batch
+    (:func:`miras_gpu.torch.chunked.process_chunk` on the start states stacked on the batch
+    axis, with the torch backend's fused ops where they apply) and are differentiated at
+    once. Only the second term is sequential, and it needs only the chunk's writes
+    (:func:`miras_gpu.torch.chunked.process_chunk_writes`), chunk after chunk. On CUDA for
+    sequences of :data:`COMPILE_MIN_TOKENS` or more both go through ``torch.compile``.
+    """
     q, k, v, eta, alpha, delta, *states = saved
     config = plan.config
     names = list(config.memory.shapes)
     starts = _chunk_starts(plan, L, states)
     f32 = torch.float32
-    # ℓq links recompute in float64, as they have since the torch backend's float32 ℓq link
-    # turned a zero state into 0/0 and overflowed Σ|A|^q for |A| above ~1e9 (it no longer
-    # does: miras_gpu.torch.retention._scaled_norm); float32 here is not yet checked on a GPU
-    rdt = torch.float64 if plan.link in (LINK_CODES["lq_simplified"], LINK_CODES["lq_exact"]) \
-        else f32
+    precision = torch_chunked.fused_precision(q.dtype, q.device)
+    if q.device.type == "cuda" and L.T >= COMPILE_MIN_TOKENS:
+        chunk_fn = torch_chunked.compiled_chunk_fn(config)
+        write_fn = torch_chunked._compiled(torch_chunked.process_chunk_writes, config,
+                                           "inductor")
+    else:
+        chunk_fn = functools.partial(torch_chunked.process_chunk, config)
+        write_fn = functools.partial(torch_chunked.process_chunk_writes, config)
     inputs = {"q": q, "k": k, "v": v, "eta": eta, "alpha": alpha}
     if delta is not None:
         inputs["delta"] = delta
-    grads = {n: torch.zeros(x.shape, dtype=f32, device=x.device) for n, x in inputs.items()}
-    gz = [torch.zeros(s.shape[:2] + s.shape[3:], dtype=rdt, device=q.device)
-          if g is None else g.to(rdt) for s, g in zip(starts, gzt)]
     gate_names = [n for n in ("eta", "alpha", "delta") if n in inputs]
-    for c in reversed(range(L.n_chunks)):
-        s, e = c * L.chunk_size, min((c + 1) * L.chunk_size, L.T)
-        leaves = {n: x[:, s:e].to(rdt).movedim(2, 1).detach().requires_grad_(True)
-                  for n, x in inputs.items()}
-        zc = {n: st[:, :, c].to(rdt).detach().requires_grad_(True)
-              for n, st in zip(names, starts)}
-        with torch.enable_grad():
-            yc, zend = torch_chunked.process_chunk(
-                config, zc, leaves["q"], leaves["k"], leaves["v"],
-                {n: leaves[n] for n in gate_names})
-        outs = [yc] + [zend[n] for n in names]
-        gout = [torch.zeros_like(yc) if gy is None else gy[:, s:e].to(rdt).movedim(2, 1)]
-        gout += gz
-        wrt = list(leaves.values()) + [zc[n] for n in names]
-        res = torch.autograd.grad(outs, wrt, gout, allow_unused=True)
-        for (n, _), g in zip(leaves.items(), res):
-            if g is not None:
-                grads[n][:, s:e] = g.movedim(1, 2)
-        gz = [torch.zeros_like(zc[n]) if g is None else g
-              for n, g in zip(names, res[len(leaves):])]
+    grads = {n: torch.zeros(x.shape, dtype=f32, device=x.device) for n, x in inputs.items()}
+    gz = [torch.zeros(s.shape[:2] + s.shape[3:], dtype=f32, device=q.device)
+          if g is None else g.to(f32) for s, g in zip(starts, gzt)]
+    span = [(c * L.chunk_size, min((c + 1) * L.chunk_size, L.T)) for c in range(L.n_chunks)]
+
+    def leaves(chunks):  # the chunks' inputs [len·B, H, C, ...] and start states, as leaves
+        x = {n: torch.cat([t[:, s:e] for s, e in (span[c] for c in chunks)]).to(f32)
+             .movedim(2, 1).detach().requires_grad_(True) for n, t in inputs.items()}
+        z = {n: torch.cat([st[:, :, c] for c in chunks]).detach().requires_grad_(True)
+             for n, st in zip(names, starts)}
+        return x, z
+
+    full = L.T // L.chunk_size  # chunks of chunk_size tokens (a shorter last one alone)
+    windows = [range(c, min(c + BACKWARD_WINDOW, full)) for c in range(0, full, BACKWARD_WINDOW)]
+    windows += [range(full, L.n_chunks)] if full < L.n_chunks else []
+    for window in reversed(windows):
+        # (∂y_c/∂Z_c)^T gy_c and the inputs' read parts, every chunk of the window at once
+        x, z = leaves(window)
+        if gy is not None:
+            with torch.enable_grad():
+                y, _ = chunk_fn(z, x["q"], x["k"], x["v"], {n: x[n] for n in gate_names},
+                                norm_precision=precision)
+            g_out = torch.cat([gy[:, s:e] for s, e in (span[c] for c in window)])
+            res = torch.autograd.grad(y, [*x.values(), *z.values()],
+                                      g_out.to(f32).movedim(2, 1), allow_unused=True)
+        else:
+            res = [None] * (len(x) + len(z))
+        for j, c in enumerate(window):  # row block j of the batch is chunk c
+            s, e = span[c]
+            for (n, _), g in zip(x.items(), res):
+                if g is not None:
+                    grads[n][:, s:e] += g[j * L.B:(j + 1) * L.B].movedim(1, 2)
+        read_gz = [None if g is None else g.unflatten(0, (len(window), L.B))
+                   for g in res[len(x):]]
+        # (∂Z_{c+1}/∂Z_c)^T ∂L/∂Z_{c+1}, chunk after chunk: the writes only
+        lag = int(config.lag_token)
+        for j, c in reversed(list(enumerate(window))):
+            xc, zc = leaves([c])
+            gates = {n: xc[n] for n in gate_names}
+            s, e = span[c]
+            with torch.enable_grad():
+                _, _, z_end = write_fn(zc, _part(xc, gates, 0, lag) if lag else None,
+                                       _part(xc, gates, lag, None)[1:] if e - s > lag else None)
+            wrt = [xc[n] for n in ("k", "v", *gate_names)] + list(zc.values())
+            res = torch.autograd.grad([z_end[n] for n in names], wrt, gz, allow_unused=True)
+            for n, g in zip(("k", "v", *gate_names), res):
+                if g is not None:
+                    grads[n][:, s:e] += g.movedim(1, 2)
+            gz = [_sum(zc[n], w, None if r is None else r[j])
+                  for n, w, r in zip(names, res[-len(names):], read_gz)]
     out = [grads["q"].to(q.dtype), grads["k"].to(k.dtype), grads["v"].to(v.dtype),
            grads["eta"], grads["alpha"], grads.get("delta")]
-    return (*out, tuple(g.to(f32) for g in gz))
+    return (*out, tuple(gz))
+
+
+def _sum(like: torch.Tensor, *parts) -> torch.Tensor:
+    """The sum of the gradients ``parts`` that exist (None: no dependence), zeros like
+    ``like`` if none does."""
+    parts = [p for p in parts if p is not None]
+    return sum(parts[1:], parts[0]) if parts else torch.zeros_like(like)
+
+
+def _part(x: dict, gates: dict, a: int, b: int | None) -> tuple:
+    """Tokens ``a:b`` of one chunk's leaves as ``(q, k, v, gates)``."""
+    return (x["q"][:, :, a:b], x["k"][:, :, a:b], x["v"][:, :, a:b],
+            {n: t[:, :, a:b] for n, t in gates.items()})
 
 
 class ChunkedScan(torch.autograd.Function):
