@@ -517,13 +517,12 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
 
 def _lag_token(config, z: dict, q, k, v, gates: dict):
     """Eq 30: the lag token (the chunk's first) takes the exact non-linear step from the chunk
-    state; returns its output ``[B, H, 1, d_v]`` and the state after it."""
-    z = algs.step(config, z, k[:, :, 0], v[:, :, 0], {n: a[:, :, 0] for n, a in gates.items()})
-    return read(config, z, q[:, :, :1]), z
-
-
-def _after_lag(gates: dict) -> dict:
-    return {n: a[:, :, 1:] for n, a in gates.items()}
+    state; ``q, k, v, gates`` are its parts ``[B, H, 1, ...]`` (:func:`_chunk_parts`). Returns
+    its output ``[B, H, 1, d_v]`` and the state after it."""
+    # squeezed, not indexed: a view, whose gradient is no zero-filled copy
+    z = algs.step(config, z, k.squeeze(2), v.squeeze(2),
+                  {n: a.squeeze(2) for n, a in gates.items()})
+    return read(config, z, q), z
 
 
 def process_chunk(config, z: dict, q, k, v, gates: dict, norm_precision: str | None = None):
@@ -531,12 +530,12 @@ def process_chunk(config, z: dict, q, k, v, gates: dict, norm_precision: str | N
     (``norm_precision``: :func:`token_scales`)."""
     if not config.lag_token:
         return chunk_step(config, z, q, k, v, gates, norm_precision=norm_precision)
-    y0, z = _lag_token(config, z, q, k, v, gates)
-    if q.shape[2] == 1:
+    (lag, rest), = _chunk_parts(config, q, k, v, gates, q.shape[2])
+    y0, z = _lag_token(config, z, *lag)
+    if rest is None:
         return y0, z
     # Eq 31-32: the rest of the chunk at the lag token's state
-    y, z = chunk_step(config, z, q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], _after_lag(gates),
-                      norm_precision=norm_precision)
+    y, z = chunk_step(config, z, *rest, norm_precision=norm_precision)
     return torch.cat([y0, y], dim=2), z
 
 
@@ -552,11 +551,7 @@ def process_chunk_writes(config, z: dict, lag, rest):
     """
     y0 = None
     if lag is not None:
-        q0, k0, v0, g0 = lag
-        # Eq 30 (squeezed, not indexed: a view, whose gradient is no zero-filled copy)
-        z = algs.step(config, z, k0.squeeze(2), v0.squeeze(2),
-                      {n: a.squeeze(2) for n, a in g0.items()})
-        y0 = read(config, z, q0)
+        y0, z = _lag_token(config, z, *lag)
     if rest is None:
         return y0, None, z
     w = chunk_writes(config, z, *rest)
@@ -679,7 +674,8 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
 
 
 def _chunk_parts(config, q, k, v, gates: dict, chunk_size: int) -> list:
-    """Each chunk as ``(lag, rest)`` for :func:`process_chunk_writes`: ``lag = (q, k, v,
+    """Each chunk as ``(lag, rest)`` for :func:`process_chunk_writes` (and
+    :func:`process_chunk`, on one chunk): ``lag = (q, k, v,
     gates)`` of Memora's lag token (None without one), ``rest = (q, k, v, gates)`` of the other
     tokens (None when the chunk is its lag token alone). One split per input at every chunk
     and lag boundary: its backward concatenates all the parts' gradients once, where slicing

@@ -564,14 +564,13 @@ def _torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
         read_gz = [None if g is None else g.unflatten(0, (len(window), L.B))
                    for g in res[len(x):]]
         # (∂Z_{c+1}/∂Z_c)^T ∂L/∂Z_{c+1}, chunk after chunk: the writes only
-        lag = int(config.lag_token)
         for j, c in reversed(list(enumerate(window))):
             xc, zc = leaves([c])
-            gates = {n: xc[n] for n in gate_names}
             s, e = span[c]
             with torch.enable_grad():
-                _, _, z_end = write_fn(zc, _part(xc, gates, 0, lag) if lag else None,
-                                       _part(xc, gates, lag, None)[1:] if e - s > lag else None)
+                (lag, rest), = torch_chunked._chunk_parts(
+                    config, xc["q"], xc["k"], xc["v"], {n: xc[n] for n in gate_names}, e - s)
+                _, _, z_end = write_fn(zc, lag, None if rest is None else rest[1:])
             wrt = [xc[n] for n in ("k", "v", *gate_names)] + list(zc.values())
             res = torch.autograd.grad([z_end[n] for n in names], wrt, gz, allow_unused=True)
             for n, g in zip(("k", "v", *gate_names), res):
@@ -589,12 +588,6 @@ def _sum(like: torch.Tensor, *parts) -> torch.Tensor:
     ``like`` if none does."""
     parts = [p for p in parts if p is not None]
     return sum(parts[1:], parts[0]) if parts else torch.zeros_like(like)
-
-
-def _part(x: dict, gates: dict, a: int, b: int | None) -> tuple:
-    """Tokens ``a:b`` of one chunk's leaves as ``(q, k, v, gates)``."""
-    return (x["q"][:, :, a:b], x["k"][:, :, a:b], x["v"][:, :, a:b],
-            {n: t[:, :, a:b] for n, t in gates.items()})
 
 
 class ChunkedScan(torch.autograd.Function):
