@@ -123,6 +123,17 @@ def run_both(cfg, q, k, v, gates, init, chunk=CHUNK, backward="auto", mine_op=No
     return ((my, mf, dict(zip(names, mine_g))), (gy, gf, dict(zip(names, gold_g))))
 
 
+def assert_within(mine, gold, tol: float) -> None:
+    """Output, final state and every gradient of :func:`run_both`'s ``mine`` within ``tol`` of
+    ``gold`` (relative, :func:`err`)."""
+    (my, mf, mg), (gy, gf, gg) = mine, gold
+    assert err(my, gy) <= tol
+    for n in gf:
+        assert err(mf[n], gf[n]) <= tol, n
+    bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
+    assert not bad, f"gradients above {tol:.1e}: {bad}"
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward_state_and_gradients(name):
     cfg, cw, which = CASES[name]
@@ -261,12 +272,7 @@ def test_lag_token_gradients_with_one_token_chunks(chunk, t):
     cfg = CASES["memora"][0]
     q, k, v, gates, init = make_inputs(cfg, t=t, h=2, seed=5)
     tol = _torch32_tol(cfg, q, k, v, gates, init, chunk)
-    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init, chunk=chunk)
-    assert err(my, gy) <= tol
-    for n in gf:
-        assert err(mf[n], gf[n]) <= tol, n
-    for n in gg:
-        assert err(mg[n], gg[n]) <= tol, n
+    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=chunk), tol)
 
 
 @pytest.mark.parametrize("name", ["moneta", "memora"])
@@ -279,12 +285,7 @@ def test_torch_backward_in_windows(monkeypatch, name):
     cfg = CASES[name][0]
     q, k, v, gates, init = make_inputs(cfg, t=19, h=2, seed=7)
     tol = _torch32_tol(cfg, q, k, v, gates, init, 4)
-    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init, chunk=4)
-    assert err(my, gy) <= tol
-    for n in gf:
-        assert err(mf[n], gf[n]) <= tol, n
-    bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
-    assert not bad, f"gradients above {tol:.1e}: {bad}"
+    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=4), tol)
 
 
 @pytest.mark.parametrize("name", ["deltanet", "memora"])
@@ -422,9 +423,8 @@ def test_moneta_torch_backend_with_fused_norms(monkeypatch, block):
     (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
                                           mine_op=torch_ops.scan_chunked)
     # float32 (mine): the op ran for the 2 full chunks (read as one batch, chunked.READ_WINDOW)
-    # and the partial last one, for 2 weight matrices, its bounds and norms
-    # shaped [B', H, C, 1, 1];
-    # float64 (gold) formed the states
+    # and the partial last one, for 2 weight matrices, its bounds and norms shaped
+    # [B', H, C, 1, 1]; float64 (gold) formed the states
     fused = [n for c in calls if c is not None for n in c]  # (bound, norm) per call
     assert [c.shape[:3] for c in fused] == [(2, 2, 16)] * 4 + [(1, 2, 5)] * 4
     assert all(c.shape[3:] == (1, 1) for c in fused)
@@ -507,17 +507,12 @@ def test_torch_backend_with_fused_softmax_reads(monkeypatch, model):
     monkeypatch.setattr(torch_chunked, "_softmax_read",
                         lambda *a: calls.append(a[-1].shape[:3]) or real(*a))
     monkeypatch.setattr(torch_chunked, "FUSED_SOFTMAX_READS", True)
-    (my, mf, mg), (gy, gf, gg) = run_both(cfg, q, k, v, gates, init,
-                                          mine_op=torch_ops.scan_chunked)
+    mine, gold = run_both(cfg, q, k, v, gates, init, mine_op=torch_ops.scan_chunked)
     # float32 only (float64 formed the states): the 2 full chunks read as one batch
     # (chunked.READ_WINDOW), then the partial last one; Memora's lag tokens read apart
     lag = int(cfg.lag_token)
     assert calls == [(2, 2, CHUNK - lag), (1, 2, T % CHUNK - lag)]
-    assert err(my, gy) <= tol
-    for n in gf:
-        assert err(mf[n], gf[n]) <= tol, n
-    bad = {n: err(mg[n], gg[n]) for n in gg if err(mg[n], gg[n]) > tol}
-    assert not bad, f"gradients above {tol:.1e}: {bad}"
+    assert_within(mine, gold, tol)
 
 
 def test_fused_norms_of_huge_states():
