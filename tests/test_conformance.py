@@ -9,6 +9,7 @@ The case list is miras_gpu.conformance.cases(): the same one that
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import numpy as np
 import pytest
@@ -61,6 +62,34 @@ def test_conformance(case):
 def test_gradcheck_float64(op, chunk_size, model):
     result = conf.run_gradcheck(op, chunk_size, model, DEVICE)
     assert result.passed, result.describe()
+
+
+def _ill_case(model: str, seed_of: str):
+    """A float32 chunk-1 case of ``model`` on the torch backend with the inputs (seed) of
+    case id ``seed_of``: the case, its config, inputs, output weights and seed."""
+    case = conf.Case("scan_chunked", 1, model, "torch", "float32", (2, 63, 2, 24), DEVICE)
+    seed = zlib.crc32(seed_of.encode())
+    config = conf.make_config(model, 24)
+    inputs, _, _, weights = conf.draw_inputs(case, config, seed)
+    return case, config, inputs, weights, seed
+
+
+def test_ill_conditioned_inputs_are_found():
+    """The float32 inputs of these two case ids failed on an H200 while passing on the CPU:
+    a coordinate of the Huber bias's residual sits within round-off of its threshold δ (the
+    float64 gradient jumps by ~1e-3 under 1e-7 input noise), and TTT-MLP's trajectory
+    amplifies round-off ~1e3-fold. The probe must flag both, and not a well-conditioned
+    draw of the same configuration."""
+    for model, cid, what in [
+            ("x_huber_coord_ftrl",
+             "scan_chunked[c1]-x_huber_coord_ftrl-triton-float32-B2T63H2D24", "grad"),
+            ("ttt_mlp", "scan_chunked[c1]-ttt_mlp-triton-float32-B2T63H2D24", "grad k")]:
+        case, config, inputs, weights, seed = _ill_case(model, cid)
+        why = conf.ill_conditioned(case, config, inputs, weights, True, seed)
+        assert why is not None and why.startswith(what), (model, why)
+    case, config, inputs, weights, seed = _ill_case(
+        "x_huber_coord_ftrl", "scan_chunked[c1]-x_huber_coord_ftrl-torch-float32-B2T63H2D24")
+    assert conf.ill_conditioned(case, config, inputs, weights, True, seed) is None
 
 
 def test_error_helpers_never_pass_nan():
