@@ -120,11 +120,15 @@ def _ops(backend):
     return ops
 
 
-def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_precision=None):
-    """``(fwd, fwd_bwd)`` closures of one model on one backend."""
+def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_precision=None,
+                 torch_compile=False):
+    """``(fwd, fwd_bwd)`` closures of one model on one backend (``torch_compile``: the torch
+    backend's ``compile_chunks``)."""
     cfg = config_for(model, size)
     q, k, v, gates = make_inputs(cfg, size, device, dtype, gate_dtype=torch.float32)
     opts = {"checkpoint": True} if (backend == "torch" and checkpoint) else {}
+    if backend == "torch" and torch_compile:
+        opts["compile_chunks"] = torch_compile
     if backend == "triton" and dot_precision is not None:
         opts["dot_precision"] = dot_precision
     # the backends' own ops (the registry would refuse triton on a CPU, even interpreted)
@@ -272,6 +276,9 @@ def run(args) -> dict:
                                      + ", others the config's (benchmarks/_common.py)",
            "triton interpreter": os.environ.get("TRITON_INTERPRET", "0"),
            "triton dot precision": args.dot_precision or "backend default (docs/kernels.md)",
+           "torch backend rows": (f"compile_chunks={args.torch_compile!r}"
+                                  if args.torch_compile else "eager (Moneta, Memora with "
+                                                             "checkpoint=True)"),
            "timing": f"median of {args.iters} after {args.warmup} warm-up runs"
                      + (" (CUDA events)" if device.type == "cuda" else "")}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()), flush=True)
@@ -282,11 +289,21 @@ def run(args) -> dict:
         for backend in ("triton", "torch"):
             if backend == "torch" and args.no_torch:
                 continue
-            ckpt = backend == "torch" and model in ("moneta", "memora")
-            rows += measure(f"miras {backend} {model}", kind,
+            graphs = backend == "torch" and args.torch_compile == "graphs"
+            # eager Moneta and Memora form per-token states: checkpointed, they fit in memory
+            ckpt = backend == "torch" and not graphs and model in ("moneta", "memora")
+            label = f"miras {backend} {model}" + (f" ({args.torch_compile})"
+                                                  if backend == "torch" and args.torch_compile
+                                                  else "")
+            rows += measure(label, kind,
                             lambda m=model, b=backend, c=ckpt: miras_passes(
-                                m, b, size, device, dtype, c, args.dot_precision),
+                                m, b, size, device, dtype, c, args.dot_precision,
+                                args.torch_compile),
                             size, device, args)
+            if graphs:
+                from miras_gpu.torch.graphed import clear_graphs
+
+                clear_graphs()  # the captured graphs' memory pools, before the next row
     notes = []
     if args.small or args.no_peers:
         notes.append("peers skipped (--small or --no-peers)")
@@ -375,6 +392,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--models", default=",".join(MATRIX_MODELS + MLP_MODELS))
     p.add_argument("--no-torch", action="store_true", help="skip the torch backend rows")
+    p.add_argument("--torch-compile", default=None,
+                   help="compile_chunks of the torch backend rows (default: 'graphs' on CUDA, "
+                        "its fastest mode, eager elsewhere; 'none' for eager)")
     p.add_argument("--no-peers", action="store_true", help="skip titans-pytorch and fla")
     p.add_argument("--no-sweep", action="store_true", help="skip the T-scaling sweep")
     p.add_argument("--sweep-models", default="gated_deltanet,yaad")
@@ -397,6 +417,10 @@ def finish_args(args):
         args.sweep_t = (16, 40) if args.small else SWEEP_T
     elif isinstance(args.sweep_t, str):
         args.sweep_t = tuple(int(x) for x in args.sweep_t.split(","))
+    if args.torch_compile is None:
+        args.torch_compile = "graphs" if torch.device(args.device).type == "cuda" else False
+    elif args.torch_compile == "none":
+        args.torch_compile = False
     if args.small and args.dtype == "bfloat16" and torch.device(args.device).type == "cpu":
         args.dtype = "float32"  # the interpreter computes bf16 wrongly; time fp32 instead
     return args
