@@ -331,7 +331,9 @@ def ratio_lines(rows: list[Row]) -> list[str]:
             continue
         model = r.name.split()[-1]
         parts = []
-        t = by.get((f"miras torch {model}", r.mode))
+        # the torch row of the model, in whichever compile_chunks mode it ran
+        t = next((t for (name, mode), t in by.items() if mode == r.mode
+                  and name.split(" (")[0] == f"miras torch {model}"), None)
         if t:
             parts.append(f"{t.seconds / r.seconds:.2f}x the torch backend")
         p = by.get((peers[r.kind], r.mode))
