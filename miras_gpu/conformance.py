@@ -390,19 +390,36 @@ def _call(case_op: str, chunk_size, config, tin: dict, backend: str):
                                   **kw)
 
 
-def _input_gradients(case: Case, config, inputs: dict, dtype, weights: dict) -> dict:
-    """Gradients of ``Σ y·w_y + Σ_n state_n·w_n`` with respect to every input."""
+def _results(case: Case, config, inputs: dict, weights: dict, dtype, backend: str,
+             grads: bool) -> dict:
+    """The op's output and final state on ``inputs`` (in ``dtype``, on ``backend``) and, with
+    ``grads``, the gradients of ``Σ y·w_y + Σ_n state_n·w_n`` with respect to every input
+    (None for an input the op does not read), all as float64 arrays by comparison name
+    (``"y"``, ``"final_state['W']"``, ``"grad q"``, ...)."""
     import torch
 
-    tin = _to_torch(inputs, dtype, case.device, requires_grad=True)
-    y, final = _call(case.op, case.chunk_size, config, tin, case.backend)
-    loss = (y.double() * torch.as_tensor(weights["y"], device=case.device)).sum()
-    for n, s in final.items():
-        loss = loss + (s.double() * torch.as_tensor(weights[n], device=case.device)).sum()
-    leaves = _leaves(tin)
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return {n: (None if g is None else g.double().cpu().numpy())
-            for n, g in zip(leaves, grads)}
+    tin = _to_torch(inputs, dtype, case.device, requires_grad=grads)
+    with torch.set_grad_enabled(grads):
+        y, final = _call(case.op, case.chunk_size, config, tin, backend)
+    out = {"y": y.detach().double().cpu().numpy()}
+    out.update({f"final_state['{n}']": s.detach().double().cpu().numpy()
+                for n, s in final.items()})
+    if grads:
+        loss = (y.double() * torch.as_tensor(weights["y"], device=case.device)).sum()
+        for n, s in final.items():
+            loss = loss + (s.double() * torch.as_tensor(weights[n], device=case.device)).sum()
+        leaves = _leaves(tin)
+        gs = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        out.update({f"grad {n}": None if g is None else g.double().cpu().numpy()
+                    for n, g in zip(leaves, gs)})
+    return out
+
+
+def _input_gradients(case: Case, config, inputs: dict, dtype, weights: dict) -> dict:
+    """Gradients of ``Σ y·w_y + Σ_n state_n·w_n`` with respect to every input (:func:`_results`
+    on the case's backend), by input name."""
+    res = _results(case, config, inputs, weights, dtype, case.backend, True)
+    return {n[5:]: a for n, a in res.items() if n.startswith("grad ")}
 
 
 def bounds(case: Case, config, what: str) -> tuple[str, float]:
@@ -434,26 +451,6 @@ PROBE_SHARE = 0.25
 MAX_DRAWS = 4
 
 
-def _float64_values(case: Case, config, inputs: dict, weights: dict, grads: bool) -> dict:
-    """The float64 torch op's output, final state and (``grads``) input gradients of
-    ``Σ y·w_y + Σ_n state_n·w_n`` on ``inputs``, as float64 arrays by comparison name."""
-    import torch
-
-    tin = _to_torch(inputs, torch.float64, case.device, requires_grad=grads)
-    with torch.set_grad_enabled(grads):
-        y, final = _call(case.op, case.chunk_size, config, tin, "torch")
-    out = {"y": y.detach().cpu().numpy()}
-    out.update({f"final_state['{n}']": s.detach().cpu().numpy() for n, s in final.items()})
-    if grads:
-        loss = (y * torch.as_tensor(weights["y"], device=case.device)).sum()
-        for n, s in final.items():
-            loss = loss + (s * torch.as_tensor(weights[n], device=case.device)).sum()
-        leaves = _leaves(tin)
-        gs = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        out.update({f"grad {n}": g.cpu().numpy() for n, g in zip(leaves, gs) if g is not None})
-    return out
-
-
 def ill_conditioned(case: Case, config, inputs: dict, weights: dict, grads: bool,
                     seed: int) -> str | None:
     """Why float32 round-off alone could break a bound on these inputs, or None.
@@ -464,7 +461,13 @@ def ill_conditioned(case: Case, config, inputs: dict, weights: dict, grads: bool
     :data:`FLOAT32_UNIT`, the inputs sit where the op amplifies round-off beyond the bound (a
     chaotic trajectory, or a residual at the kink of a Huber-type bias, where the gradient
     jumps): no float32 implementation could be judged there."""
-    base = _float64_values(case, config, inputs, weights, grads)
+    import torch
+
+    def exact(x):  # the float64 torch op; inputs it does not read have no gradient
+        return {n: a for n, a in _results(case, config, x, weights, torch.float64, "torch",
+                                          grads).items() if a is not None}
+
+    base = exact(inputs)
     rng = np.random.default_rng(seed + 2)
 
     def noisy(a):
@@ -474,7 +477,7 @@ def ill_conditioned(case: Case, config, inputs: dict, weights: dict, grads: bool
         probe = {**inputs, "q": noisy(inputs["q"]), "k": noisy(inputs["k"]),
                  "v": noisy(inputs["v"]),
                  "initial_state": {n: noisy(a) for n, a in inputs["initial_state"].items()}}
-        moved = _float64_values(case, config, probe, weights, grads)
+        moved = exact(probe)
         for name, ref in base.items():
             metric, bound = bounds(case, config, "grad" if name.startswith("grad") else
                                    "forward")
