@@ -653,11 +653,7 @@ def chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: int,
     if kind is not None and READ_WINDOW > 1 and not checkpoint and how != "reduce-overhead":
         return _windowed_forward(config, kind, _chunk_parts(config, q, k, v, gates,
                                                             chunk_size), z, how, norm_precision)
-    # one split per input: its backward concatenates the chunks' gradients once (a slice per
-    # chunk would add a zero-padded [B, H, T, ...] gradient per chunk)
-    qs, ks, vs = (x.split(chunk_size, dim=2) for x in (q, k, v))
-    gs = {n: a.split(chunk_size, dim=2) for n, a in gates.items()}
-    chunks = [(qs[c], ks[c], vs[c], {n: a[c] for n, a in gs.items()}) for c in range(len(qs))]
+    chunks = _split(q, k, v, gates, chunk_size)
     if how:
         fn = functools.partial(compiled_chunk_fn(config, how), norm_precision=norm_precision)
     else:
@@ -677,21 +673,23 @@ def _chunk_parts(config, q, k, v, gates: dict, chunk_size: int) -> list:
     """Each chunk as ``(lag, rest)`` for :func:`process_chunk_writes` (and
     :func:`process_chunk`, on one chunk): ``lag = (q, k, v,
     gates)`` of Memora's lag token (None without one), ``rest = (q, k, v, gates)`` of the other
-    tokens (None when the chunk is its lag token alone). One split per input at every chunk
-    and lag boundary: its backward concatenates all the parts' gradients once, where slicing
-    each chunk would add a zero-filled copy per slice."""
+    tokens (None when the chunk is its lag token alone), split at every chunk and lag boundary
+    by :func:`_split`."""
     T, lag = q.shape[2], int(config.lag_token)
     lengths = [min(chunk_size, T - s) for s in range(0, T, chunk_size)]
     sizes = [m for n in lengths for m in ([1, n - 1] if lag and n > 1 else [n])]
+    parts = iter(_split(q, k, v, gates, sizes))
+    return [(next(parts) if lag else None, next(parts) if n > lag else None) for n in lengths]
+
+
+def _split(q, k, v, gates: dict, sizes) -> list:
+    """``(q, k, v, gates)`` of each part of the time axis (``sizes``: ``torch.split``'s, an
+    int or a list): one split per input, whose backward concatenates all the parts' gradients
+    once, where slicing each part would add a zero-filled ``[B, H, T, ...]`` copy per slice."""
     qs, ks, vs = (x.split(sizes, dim=2) for x in (q, k, v))
     gs = {name: a.split(sizes, dim=2) for name, a in gates.items()}
-    index = iter(range(len(sizes)))
-
-    def part():  # the next part of every input
-        j = next(index)
-        return qs[j], ks[j], vs[j], {name: a[j] for name, a in gs.items()}
-
-    return [(part() if lag else None, part() if n > lag else None) for n in lengths]
+    return [(qs[j], ks[j], vs[j], {name: a[j] for name, a in gs.items()})
+            for j in range(len(qs))]
 
 
 def _windowed_forward(config, kind: str, chunks: list, z: dict, how: str | None,
