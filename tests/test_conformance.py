@@ -236,11 +236,10 @@ def test_bfloat16_policy():
     y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=8,
                                   initial_state=t["initial_state"], output_final_state=True)
     assert y.dtype == torch.bfloat16 and all(a.dtype == torch.float32 for a in s.values())
-    rounded = {n: conf._round(a, "bfloat16") for n, a in inp["gates"].items()}
-    y_ref, s_ref = miras_ref.scan_chunked(
-        cfg, *(conf._round(inp[x], "bfloat16") for x in "qkv"), rounded, chunk_size=8,
-        initial_state={n: conf._round(a, "bfloat16") for n, a in inp["initial_state"].items()},
-        output_final_state=True)
+    r = conf._rounded(inp, "bfloat16")
+    y_ref, s_ref = miras_ref.scan_chunked(cfg, r["q"], r["k"], r["v"], r["gates"], chunk_size=8,
+                                          initial_state=r["initial_state"],
+                                          output_final_state=True)
     assert conf.rms_error(y.double().cpu().numpy(), y_ref) < 1e-2
     assert all(conf.max_error(s[n].double().cpu().numpy(), s_ref[n]) < 1e-5 for n in s)
 
