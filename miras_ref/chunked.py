@@ -17,9 +17,17 @@ and masked per token by ``‖M_{t'}(k_t) - v_t‖ <= δ_t``.
 Memora's lag token (Eq 30-32): with ``config.lag_token`` the first token of every chunk takes
 an exact recurrent step, and the rest of the chunk takes its gradients at that new state.
 
-Decisions (docs/paper-notes.md): queries read ``y_t = M(ψ(Z_t), q_t)`` with the chunk's own
-running state; a partial last chunk is allowed; chunk size 1 equals :func:`miras_ref.scan`
-exactly.
+Decisions (docs/paper-notes.md): by default (``config.link_at == "token"``) queries read
+``y_t = M(ψ(Z_t), q_t)`` with the chunk's own running state, and chunk size 1 equals
+:func:`miras_ref.scan` exactly. With ``config.link_at == "chunk"`` the link is applied only at
+chunk starts, as Sec 5.4 describes for Moneta and Memora ("we do not apply this non-linearity
+inside each chunk and instead use it at the end of each chunk"): the queries read the
+chunk-start memory after plain gradient steps, Eq 28 written on the memory itself,
+
+``W_t = (β_t/β_{t'}) ψ(Z_{t'}) - Σ_{i=t'+1..t} η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i)``,
+
+while the state ``Z`` takes the same steps, so the next chunk starts from ``ψ(Z)`` at this
+chunk's end. A partial last chunk is allowed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_positive_int
-from .algorithms import GD, Momentum, gates_for
+from .algorithms import GD, Momentum, gates_for, memory_weights
 from .recurrent import _check_config, initial_memory_state, read, scan, validate_inputs
 
 
@@ -87,12 +95,18 @@ def _chunk_step(config, z: dict, q, k, v, gates: dict):
     y_anchor = mem.forward(anchor, k)
     dy = config.bias.grad(y_anchor, v, delta)
     grads = mem.vjp(anchor, k, dy, per_token=True)  # [B, H, C, *shape]
-    z_t = {}
-    for n in own:
-        decay, mask = chunk_coefficients(eta[n], alpha[n], own[n])
-        # Eq 29: Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i)
-        z_t[n] = decay * z[n][:, :, None] - np.einsum("bhti...,bhi...->bht...", mask, grads[n])
-    y = read(config, z_t, q[..., None, :])[..., 0, :]
+    coeffs = {n: chunk_coefficients(eta[n], alpha[n], own[n]) for n in own}
+
+    def unroll(x0):  # Eq 29: x_t = (β_t/β_{t'}) x_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i)
+        return {n: decay * x0[n][:, :, None] - np.einsum("bhti...,bhi...->bht...", mask, grads[n])
+                for n, (decay, mask) in coeffs.items()}
+
+    z_t = unroll(z)
+    if config.link_at == "chunk":
+        # Sec 5.4: no link inside the chunk; its memory ψ(Z_{t'}) takes the plain steps (Eq 28)
+        y = mem.forward(unroll(memory_weights(config, z)), q[..., None, :])[..., 0, :]
+    else:
+        y = read(config, z_t, q[..., None, :])[..., 0, :]  # y_t = M(ψ(Z_t), q_t)
     return y, {n: z_t[n][:, :, -1] for n in own}
 
 

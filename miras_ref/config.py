@@ -32,6 +32,9 @@ from .bias import HuberCoordinateBias, HuberMixtureBias, HuberNormBias, ValueShi
 
 _DELTA_BIASES = (HuberCoordinateBias, HuberNormBias, HuberMixtureBias, ValueShiftRobustBias)
 
+#: Where the chunked form applies the link to the reads (:attr:`MirasConfig.link_at`).
+LINK_AT = ("token", "chunk")
+
 
 @dataclass(frozen=True)
 class MirasConfig:
@@ -52,6 +55,13 @@ class MirasConfig:
         HGRN2: the key is tied to the retention gate, ``k_t = 1 - α_t``.
     lag_token : bool
         Memora's chunked form (Eq 30-32): the first token of each chunk is a lag token.
+    link_at : str
+        Where the chunked form applies the retention's link ``W = ψ(Z)`` to the queries'
+        reads: ``"token"`` (default) reads every token's own ``ψ(Z_t)``, so chunk size 1 is
+        the recurrence; ``"chunk"`` applies ``ψ`` only at chunk starts and lets the memory
+        ``ψ(Z_{t'})`` take plain gradient steps inside the chunk, Sec 5.4's "we do not apply
+        this non-linearity inside each chunk" (:func:`miras_ref.scan_chunked`). The two agree
+        for an identity link; the exact recurrence ignores it.
     write : str
         The model's own write rule as printed in Table 1 (for documentation).
     """
@@ -64,7 +74,12 @@ class MirasConfig:
     gate_defaults: dict = field(default_factory=lambda: {"eta": 0.1, "alpha": 1.0})
     key_from_alpha: bool = False
     lag_token: bool = False
+    link_at: str = "token"
     write: str = ""
+
+    def __post_init__(self):
+        if self.link_at not in LINK_AT:
+            raise ValueError(f"link_at must be one of {LINK_AT}, got {self.link_at!r}")
 
     @property
     def required_gates(self) -> tuple[str, ...]:

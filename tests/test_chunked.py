@@ -7,6 +7,8 @@ state (torch.autograd for the MLP memory), and the Eq 29 masks against explicit 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -169,10 +171,12 @@ def _dy(name, gates, t):
     return lambda e: e
 
 
-def _frozen_gradient_reference(name, q, k, v, gates, z0, chunk):
+def _frozen_gradient_reference(name, q, k, v, gates, z0, chunk, link_at="token"):
     """One [b, h] slot of Eq 28: inside each chunk every gradient is taken at the chunk's
     starting weights W_{t'} = ψ(Z_{t'}), and Z_t = α_t Z_{t-1} - η_t ∇ℓ(W_{t'}; k_t, v_t).
-    Memora (Eq 30-32): the chunk's first token is a lag token that takes the exact step."""
+    Memora (Eq 30-32): the chunk's first token is a lag token that takes the exact step.
+    Queries read ψ(Z_t) (``link_at="token"``) or, with ``link_at="chunk"``, the memory
+    M_t = α_t M_{t-1} - η_t ∇ℓ(W_{t'}; k_t, v_t) started at M_{t'} = W_{t'} (Sec 5.4)."""
     link = _LINK[name]
     z = [_t(z0["W1"]), _t(z0["W2"])]
     T, out = q.shape[0], []
@@ -185,19 +189,24 @@ def _frozen_gradient_reference(name, q, k, v, gates, z0, chunk):
                 out.append(_mlp(*[link(a) for a in z], _t(q[s])).numpy())
             s += 1
         anchor = [link(a) for a in z]  # W_{t'}
+        m = anchor
         for t in range(s, e):
             g = _grad(anchor, k[t], v[t], _dy(name, gates, t))
             z = [gates["alpha"][t] * a - gates["eta"][t] * gi for a, gi in zip(z, g)]
+            m = [gates["alpha"][t] * a - gates["eta"][t] * gi for a, gi in zip(m, g)]
             with torch.no_grad():
-                out.append(_mlp(*[link(a) for a in z], _t(q[t])).numpy())
+                w = m if link_at == "chunk" else [link(a) for a in z]
+                out.append(_mlp(*w, _t(q[t])).numpy())
     return np.array(out)
 
 
+@pytest.mark.parametrize("link_at", ["token", "chunk"])
 @pytest.mark.parametrize("chunk", [3, 4])
 @pytest.mark.parametrize("name", ["moneta", "yaad", "memora"])
-def test_eq28_to_32_chunked_mlp_matches_frozen_gradient_recurrence(name, chunk):
+def test_eq28_to_32_chunked_mlp_matches_frozen_gradient_recurrence(name, chunk, link_at):
     T, d = 10, 4  # partial last chunk for both chunk sizes
     cfg, q, k, v, gates = _inputs(name, T, d, seed=chunk, eta=(0.05, 0.3))
+    cfg = replace(cfg, link_at=link_at)
     rng = np.random.default_rng(5)
     z0 = {"W1": rng.standard_normal((B, H, d, 4 * d)) / np.sqrt(4 * d),
           "W2": rng.standard_normal((B, H, 4 * d, d)) / np.sqrt(d)}
@@ -208,10 +217,33 @@ def test_eq28_to_32_chunked_mlp_matches_frozen_gradient_recurrence(name, chunk):
             g = {n: a[b, :, h] for n, a in gates.items()}
             ref[b, :, h] = _frozen_gradient_reference(
                 name, q[b, :, h], k[b, :, h], v[b, :, h], g,
-                {n: a[b, h] for n, a in z0.items()}, chunk)
+                {n: a[b, h] for n, a in z0.items()}, chunk, link_at)
     np.testing.assert_allclose(yc, ref, rtol=0, atol=1e-10)
     y, _ = miras_ref.scan(cfg, q, k, v, gates, initial_state=z0)
     assert np.max(np.abs(y - yc)) > 1e-6  # the frozen form is not the recurrence
+
+
+@pytest.mark.parametrize("name", ["ttt_mlp", "yaad", "gated_deltanet", "moneta", "memora"])
+def test_link_at_chunk_changes_only_the_reads_of_a_non_identity_link(name):
+    # the state takes the same steps either way; the reads agree when ψ is the identity
+    cfg, q, k, v, gates = _inputs(name, 23, 5, seed=11)
+    y, final = miras_ref.scan_chunked(cfg, q, k, v, gates, chunk_size=8,
+                                      output_final_state=True)
+    yc, final_c = miras_ref.scan_chunked(replace(cfg, link_at="chunk"), q, k, v, gates,
+                                         chunk_size=8, output_final_state=True)
+    for n in final:
+        np.testing.assert_array_equal(final_c[n], final[n])
+    if name in ("moneta", "memora"):
+        assert np.max(np.abs(yc - y)) > 1e-4
+    if name == "memora":  # the lag token (each chunk's first) takes the exact step and read
+        np.testing.assert_allclose(yc[:, ::8], y[:, ::8], rtol=0, atol=1e-12)
+    elif name != "moneta":
+        np.testing.assert_allclose(yc, y, rtol=0, atol=1e-12)
+
+
+def test_link_at_must_be_token_or_chunk():
+    with pytest.raises(ValueError, match="link_at"):
+        replace(zoo.moneta(4), link_at="end")
 
 
 @pytest.mark.parametrize("chunk", [4, 16])
