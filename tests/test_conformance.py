@@ -187,17 +187,21 @@ def _matrix_lq_inputs(size, requires_grad):
 
 
 @pytest.mark.parametrize("model", ["gated_deltanet", "rwkv7", "ttt_mlp", "yaad", "mamba2",
-                                   "moneta", "matrix_lq"])
+                                   "moneta", "matrix_lq", "moneta:chunk", "memora:chunk",
+                                   "matrix_lq:chunk"])
 def test_fast_read_equals_per_token_states(model, monkeypatch):
     """The two read paths of a chunk (dual form vs per-token states) agree, with gradients:
-    identity links, and the scalar ℓq link ``ψ(A) = A / ‖A‖_q^{q-2}`` (Moneta)."""
+    identity links, the scalar ℓq link ``ψ(A) = A / ‖A‖_q^{q-2}`` (Moneta), and any link
+    applied at chunk starts only (``model:chunk``, ``link_at="chunk"``)."""
     from miras_gpu.torch import chunked
 
     size = (2, 7, 2, 8)
+    model, _, link_at = model.partition(":")
     if model == "matrix_lq":
         cfg, inp, t = _matrix_lq_inputs(size, requires_grad=True)
     else:
         cfg, inp, t = _inputs(model, size, requires_grad=True, expansion=2)
+    cfg = dataclasses.replace(cfg, link_at=link_at or "token")
     q, k, v = (x.movedim(2, 1) for x in (t["q"], t["k"], t["v"]))
     gates = {n: a.movedim(2, 1) for n, a in t["gates"].items()}
     z = dict(t["initial_state"])

@@ -11,7 +11,9 @@ unrolls into one masked sum (Eq 29):
 with the decay/learning-rate mask ``η_i β_t/β_i`` computed in log space
 (:func:`chunk_coefficients`). The link ``W = ψ(Z)`` is applied at the reads
 ``y_t = M(ψ(Z_t), q_t)`` (each query reads its own token's state) and at the chunk end, never
-inside the recurrence. With ``config.lag_token`` (Memora, Eq 30-32) the first token of every
+inside the recurrence; with ``config.link_at == "chunk"`` only at chunk starts, the queries
+reading ``ψ(Z_{t'})`` after plain steps (Sec 5.4; read as an identity link, the first path
+below). With ``config.lag_token`` (Memora, Eq 30-32) the first token of every
 chunk takes an exact recurrent step and the rest of the chunk takes its gradients at that
 state. Chunk size 1 equals the recurrence.
 
@@ -410,14 +412,19 @@ def has_fast_read(config) -> bool:
 
 
 def read_kind(config, axes: dict, state: torch.Tensor) -> str | None:
-    """How the queries of a chunk read without forming per-token states: ``"softmax"`` (the
-    fused op, :func:`softmax_reads_apply`; scalar gates, float32 state), ``"dual"`` (an identity
-    or scalar link, :func:`has_fast_read`; gates not element-wise), or None (states formed).
+    """How the queries of a chunk read without forming per-token states: ``"linear"``
+    (``config.link_at == "chunk"``: the memory ``ψ(Z_{t'})`` after plain steps, read as an
+    identity link; matrix or MLP memory, gates not element-wise), ``"softmax"`` (the fused op,
+    :func:`softmax_reads_apply`; scalar gates, float32 state), ``"dual"`` (an identity or
+    scalar link, :func:`has_fast_read`; gates not element-wise), or None (states formed).
 
     ``axes[n]``: the own axes of parameter ``n`` on which the gates vary (``""`` scalar gates,
     ``"r"``/``"s"`` channel-wise, ``"rs"`` element-wise; :func:`gate_axes`); ``state``: any
     parameter of the chunk's starting state (its dtype and device).
     """
+    if config.link_at == "chunk":
+        dual = type(config.memory) in FAST_READS and all(a != "rs" for a in axes.values())
+        return "linear" if dual else None
     if (not any(axes.values()) and state.dtype == torch.float32
             and softmax_reads_apply(config, state.device)):
         return "softmax"
@@ -484,9 +491,15 @@ def chunk_writes(config, z: dict, k, v, gates: dict) -> ChunkWrites:
 
 def chunk_reads(config, kind: str, w: ChunkWrites, q, norm_precision: str | None = None):
     """``y_t = M(ψ(Z_t), q_t)`` for every token of the chunk(s) of ``w``, read without forming
-    per-token states: ``kind`` is :func:`read_kind`'s ``"softmax"`` or ``"dual"``; ``q [B, H, C,
-    d_k]`` -> ``[B, H, C, d_v]`` (``norm_precision``: :func:`token_scales`). ``w`` may hold
-    several chunks of the same length stacked on the batch axis."""
+    per-token states: ``kind`` is :func:`read_kind`'s ``"linear"``, ``"softmax"`` or
+    ``"dual"``; ``q [B, H, C, d_k]`` -> ``[B, H, C, d_v]`` (``norm_precision``:
+    :func:`token_scales`). ``w`` may hold several chunks of the same length stacked on the
+    batch axis."""
+    if kind == "linear":
+        # link_at="chunk" (Sec 5.4): W_t = (β_t/β_{t'}) ψ(Z_{t'}) - Σ_i mask[t, i] ∇ℓ_i, read
+        # in the dual form of an identity link
+        w0 = algs.memory_weights(config, w.z0)
+        return FAST_READS[type(config.memory)](config, w0, w.coeffs, w.grads, q)
     if kind == "softmax":
         return _softmax_read(config, w.z0, w.gates, w.grads, q)
     scales = token_scales(config, w.z0, w.coeffs, w.grads, w.gates,  # None: identity link
@@ -507,9 +520,15 @@ def chunk_step(config, z: dict, q, k, v, gates: dict, fast: bool = True,
     kind = read_kind(config, gate_axes(config, gates), next(iter(z.values()))) if fast else None
     if kind is not None:
         return chunk_reads(config, kind, w, q, norm_precision), w.end_state()
-    # Eq 29: Z_t = (β_t/β_{t'}) Z_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i), every t
-    z_t = {n: decay * z[n][:, :, None] - token_sum(mask, w.grads[n])
-           for n, (decay, mask) in w.coeffs.items()}
+    def unroll(x0):  # Eq 29: x_t = (β_t/β_{t'}) x_{t'} - Σ_i η_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i)
+        return {n: decay * x0[n][:, :, None] - token_sum(mask, w.grads[n])
+                for n, (decay, mask) in w.coeffs.items()}
+
+    if config.link_at == "chunk":  # Sec 5.4: the memory ψ(Z_{t'}) takes the plain steps
+        w_t = unroll(algs.memory_weights(config, z))
+        y = memories.forward(config.memory, w_t, q[..., None, :])[..., 0, :]
+        return y, w.end_state()
+    z_t = unroll(z)
     y = read(config, z_t, q[..., None, :])[..., 0, :]  # y_t = M(ψ(Z_t), q_t)
     # clone: a view of the last token's state would keep all C per-token states alive
     return y, {n: z_t[n][:, :, -1].clone() for n in z_t}

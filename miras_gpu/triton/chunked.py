@@ -33,6 +33,7 @@ output has the dtype of ``q``, the final state is float32 (as the torch backend)
 products run in float32 or, for 16-bit inputs where that is safe, TF32 (:func:`dot_precision`).
 
 Everything else (channel-wise or element-wise ``eta``/``alpha``, other biases and gates,
+``link_at="chunk"`` with a non-identity link,
 momentum and the other algorithms, float64 inputs, CPU tensors without the interpreter, head
 dims above 128) runs on :mod:`miras_gpu.torch`, with a :class:`TritonFallbackWarning` issued
 once per reason.
@@ -44,7 +45,7 @@ import functools
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from triton.runtime.errors import OutOfResources
@@ -180,6 +181,8 @@ def plan_for(config) -> Plan | str:
     lk = _link_code(config.retention, kind)
     if isinstance(lk, str):
         return lk
+    if config.link_at == "chunk" and lk[0] != LINK_CODES["identity"]:
+        return "link_at='chunk' with a non-identity link has no Triton kernel"
     decayed = bool(getattr(config.retention, "decayed_anchor", False))
     return Plan(config, kind, b[0], lk[0], decayed, **b[1], **lk[1])
 
@@ -708,6 +711,8 @@ def scan(config, q, k, v, gates=None, initial_state=None, output_final_state=Fal
     Sec 5.4) where they cover ``config``, else :func:`miras_gpu.torch.scan`."""
     if not hasattr(config, "algorithm"):
         raise TypeError(f"config must be a MirasConfig, got {type(config).__name__}")
+    if config.link_at != "token":  # the recurrence reads ψ(Z_t) at every token
+        config = replace(config, link_at="token")
     plan = plan_for(config)
     if isinstance(plan, str):
         _note(plan)
