@@ -18,7 +18,9 @@ not run (the CPU), each chunk forms per-token memory states and the forward+back
 off``. Yaad (identity link) and Moneta (the ℓq link is one scale per
 weight matrix) read in the dual form and keep no per-token state; on CUDA, Moneta's per-token
 scales come from the fused Triton op :mod:`miras_gpu.triton.token_norms` (``--norms torch``
-or ``both`` times the path that forms the states with torch instead).
+or ``both`` times the path that forms the states with torch instead). ``--link-at token,chunk``
+adds rows for Moneta and Memora with the link applied at chunk starts only (Sec 5.4's chunk
+form, ``link_at="chunk"``), which read in the dual form of an identity link.
 """
 
 from __future__ import annotations
@@ -60,18 +62,22 @@ class Row:
 
 
 def bench_miras(model, size, device, dtype, args, compiled=False, fused=None,
-                norm_block="default", fused_reads=None) -> list[Row]:
+                norm_block="default", fused_reads=None, link_at="token") -> list[Row]:
     """``compiled``: False (eager) or an inductor mode for ``compile_chunks``; ``fused``:
     :data:`miras_gpu.torch.chunked.FUSED_POWER_SUMS` for this row (``False``: Moneta's
     per-token norms from states formed by torch); ``norm_block``:
     :data:`miras_gpu.torch.chunked.NORM_BLOCK` for this row (``"default"``: the module's);
     ``fused_reads``: :data:`miras_gpu.torch.chunked.FUSED_SOFTMAX_READS` (``False``: Memora's
-    reads from states formed by torch)."""
-    cfg = zoo.get(model, size["D"], expansion=size["expansion"])
+    reads from states formed by torch); ``link_at``: the configuration's
+    :attr:`~miras_ref.config.MirasConfig.link_at`."""
+    cfg = dataclasses.replace(zoo.get(model, size["D"], expansion=size["expansion"]),
+                              link_at=link_at)
     torch_chunked.FUSED_POWER_SUMS = fused
     torch_chunked.FUSED_SOFTMAX_READS = fused_reads
     torch_chunked.NORM_BLOCK = DEFAULT_NORM_BLOCK if norm_block == "default" else norm_block
     label = f"miras torch {model}" + (f" (compiled, {compiled})" if compiled else "")
+    if link_at != "token":
+        label += f" [link at {link_at}]"
     if fused is False:
         label += " [norms: torch]"
     if fused_reads is False:
@@ -83,7 +89,8 @@ def bench_miras(model, size, device, dtype, args, compiled=False, fused=None,
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
     tokens = size["B"] * size["T"]
     # per-token states are kept unless the reads are in the dual form or fused
-    keeps_states = not (has_fast_read(cfg) or softmax_reads_apply(cfg, device))
+    keeps_states = not (link_at == "chunk" or has_fast_read(cfg)
+                        or softmax_reads_apply(cfg, device))
     ckpt = {"on": True, "off": False, "auto": keeps_states}[args.checkpoint]
     if compiled == "reduce-overhead":  # CUDA graphs cannot be replayed by a recomputation
         ckpt = False
@@ -197,6 +204,10 @@ def main(argv=None) -> int:
                         help="also time Moneta's fused norms with these comma-separated "
                              "blocks of tokens (chunked.NORM_BLOCK; 'none': one block per "
                              "chunk), in the --compile modes")
+    parser.add_argument("--link-at", default="token",
+                        help="comma-separated link_at values of the configurations: 'token' "
+                             "(ψ at every read), 'chunk' (ψ at chunk starts only, Sec 5.4; "
+                             "rows for the models with a non-identity link)")
     parser.add_argument("--tf32", action="store_true",
                         help="float32 matmuls on TF32 tensor cores (as `miras train` runs)")
     parser.add_argument("--long", default="",
@@ -252,6 +263,12 @@ def main(argv=None) -> int:
                 for mode in filter(None, args.compile.split(",")):
                     rows += bench_miras(model, size, device, dtype, args, compiled=mode,
                                         fused=fused, fused_reads=reads)
+        identity = torch_retention.ops_for(cfg.retention).identity_link
+        for link_at in filter(lambda a: a != "token" and not identity, args.link_at.split(",")):
+            rows += bench_miras(model, size, device, dtype, args, link_at=link_at)
+            for mode in filter(None, args.compile.split(",")):
+                rows += bench_miras(model, size, device, dtype, args, compiled=mode,
+                                    link_at=link_at)
         for block in filter(None, args.norm_blocks.split(",")) if scalar else []:
             block = None if block == "none" else int(block)
             for mode in filter(None, args.compile.split(",")):

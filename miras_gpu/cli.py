@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=int, default=512, help="sliding window of the hybrid")
     t.add_argument("--chunk-size", type=_chunk, default="auto",
                    help="chunk of the parallel form: an integer, 'auto' (64) or 'none'")
+    t.add_argument("--link-at", default="token", choices=["token", "chunk"],
+                   help="Moneta, Memora: apply the retention's link at every token's read "
+                        "(token, default) or only at chunk starts (chunk, the paper's Sec 5.4)")
     t.add_argument("--rank", type=int, default=32, help="rank of the low-rank gates")
     t.add_argument("--d-model", type=int, default=None, help="override the preset's width")
     t.add_argument("--n-layers", type=int, default=None, help="override the preset's depth")
@@ -187,7 +190,7 @@ def cmd_train(a) -> int:
             checkpoint_every=a.checkpoint_every, seed=a.seed,
             out=a.out or f"runs/{model}-{a.task}", device=a.device, fsdp=a.fsdp,
             precision=a.precision, dtype=a.dtype, hybrid=a.hybrid, window=a.window,
-            chunk_size=a.chunk_size,
+            chunk_size=a.chunk_size, link_at=a.link_at,
             rank=a.rank, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
             vocab_size=a.vocab_size, num_pairs=a.num_pairs, progress=not a.no_progress)
         summary = train(cfg)

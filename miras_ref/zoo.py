@@ -143,11 +143,13 @@ def mesa(d: int, lam: float = 1.0) -> MirasConfig:
                        {"alpha": 1.0}, write="W_t = argmin Σ_i ½‖W k_i - v_i‖² + λ/2 ‖W‖²")
 
 
-def moneta(d: int, p: float = 3.0, q: float = 4.0, expansion: int = 4) -> MirasConfig:
+def moneta(d: int, p: float = 3.0, q: float = 4.0, expansion: int = 4,
+           link_at: str = "token") -> MirasConfig:
     """Moneta (Eq 24-25): MLP memory, ℓp bias (p = 3), ℓq + ℓ2 retention (q = 4), GD:
-    ``A_t = α_t A_{t-1} - η_t ∇ℓ_p(W_{t-1})``, ``W_t = A_t / ‖A_t‖_q^{q-2}``."""
+    ``A_t = α_t A_{t-1} - η_t ∇ℓ_p(W_{t-1})``, ``W_t = A_t / ‖A_t‖_q^{q-2}``; ``link_at``:
+    where the chunked form normalises (:attr:`MirasConfig.link_at`)."""
     return MirasConfig("moneta", MLPMemory(d, expansion), LpBias(p), LqRetention(q), GD(),
-                       {"eta": 0.05, "alpha": 0.99},
+                       {"eta": 0.05, "alpha": 0.99}, link_at=link_at,
                        write="A_t = α_t A_{t-1} - η_t ∇ℓ_p(W_{t-1}), W_t = A_t/‖A_t‖_q^{q-2}")
 
 
@@ -159,11 +161,12 @@ def yaad(d: int, expansion: int = 4) -> MirasConfig:
                              "α_t W_{t-1} - η_t δ_t ∇ℓ1")
 
 
-def memora(d: int, expansion: int = 4, c: float = 1.0) -> MirasConfig:
+def memora(d: int, expansion: int = 4, c: float = 1.0, link_at: str = "token") -> MirasConfig:
     """Memora (Eq 27): MLP memory, ℓ2 bias, KL retention (row-wise softmax, scale c), GD:
-    ``W_t = c Softmax(α_t log W_{t-1} - η_t ∇ℓ2(W_{t-1}))``; chunked with a lag token."""
+    ``W_t = c Softmax(α_t log W_{t-1} - η_t ∇ℓ2(W_{t-1}))``; chunked with a lag token;
+    ``link_at``: where the chunked form applies the softmax (:attr:`MirasConfig.link_at`)."""
     return MirasConfig("memora", MLPMemory(d, expansion), L2Bias(), KLRetention(c=c), GD(),
-                       {"eta": 0.1, "alpha": 0.99}, lag_token=True,
+                       {"eta": 0.1, "alpha": 0.99}, lag_token=True, link_at=link_at,
                        write="W_t = c Softmax(α_t log W_{t-1} - η_t ∇ℓ2(W_{t-1}))")
 
 

@@ -86,6 +86,7 @@ def test_demo_reports_a_diverged_context_instead_of_crashing(tmp_path, capsys, m
     (["plot", "{tmp}"], "no log.jsonl"),
     (["demo", "--models", "moneta,nosuch"], "unknown model"),
     (["train", "--device", "tpu"], "device"),
+    (["train", "--model", "yaad", "--link-at", "chunk"], "link_at='chunk' applies to moneta"),
 ])
 def test_bad_configuration_exits_2_with_a_clear_message(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -79,6 +79,18 @@ def test_unknown_task_and_bad_context():
         make_task("mqar", 0)
 
 
+@pytest.mark.parametrize("model", ["moneta", "memora"])
+def test_link_at_reaches_the_memory_of_every_layer(model):
+    from miras_gpu.nn import build_model
+    from miras_gpu.train.loop import check_config
+
+    _, lm = check_config(TrainConfig(**{**SMALL, "model": model, "link_at": "chunk"}))
+    net = build_model(lm)
+    configs = [m.config for m in net.modules() if hasattr(m, "config")
+               and hasattr(m.config, "link_at")]
+    assert configs and all(c.link_at == "chunk" and c.name == model for c in configs)
+
+
 def test_schedule_warms_up_then_decays_to_the_floor():
     f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
     assert [round(f(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

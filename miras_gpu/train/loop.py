@@ -69,7 +69,8 @@ class TrainConfig:
     ``model``: a :mod:`miras_ref.zoo` name for the MIRAS layer, or ``"transformer"``;
     ``size``: a :data:`miras_gpu.nn.PRESETS` key; ``d_model``/``n_layers``/``n_heads``
     override the preset; ``lr=None`` takes the preset's peak learning rate; ``chunk_size``
-    ``"auto"``: 64 where the model has a chunked form, else the recurrence; ``batch`` is the
+    ``"auto"``: 64 where the model has a chunked form, else the recurrence; ``link_at``:
+    Moneta's and Memora's :attr:`miras_ref.config.MirasConfig.link_at`; ``batch`` is the
     global batch (split over ranks); ``dtype``: parameters' dtype (``float32``; ``float64``
     for exactness tests); ``precision``: ``"bf16"`` autocast (CUDA only) or ``"fp32"``.
     """
@@ -100,6 +101,7 @@ class TrainConfig:
     hybrid: bool = False
     window: int = 512
     chunk_size: int | str | None = "auto"
+    link_at: str = "token"
     rank: int = 32
     d_model: int | None = None
     n_layers: int | None = None
@@ -155,7 +157,11 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> LMConfig:
                 raise ConfigError(f"the head size d_model / n_heads = {D} must be even (RoPE)")
             return LMConfig(vocab_size, d, L, H, arch="transformer", model="softmax_attention",
                             window=None, rank=cfg.rank)
-        mem = resolve_config(cfg.model, D)
+        kwargs = {} if cfg.link_at == "token" else {"link_at": cfg.link_at}
+        if kwargs and cfg.model not in ("moneta", "memora"):
+            raise ConfigError(f"link_at={cfg.link_at!r} applies to moneta and memora (the "
+                              f"models whose retention has a link), not {cfg.model!r}")
+        mem = resolve_config(cfg.model, D, **kwargs)
         chunk = cfg.chunk_size
         if chunk == "auto":
             from miras_gpu.torch.chunked import check_chunkable
@@ -168,7 +174,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> LMConfig:
         if cfg.hybrid and D % 2:
             raise ConfigError(f"the head size d_model / n_heads = {D} must be even (RoPE)")
         lm = LMConfig(vocab_size, d, L, H, arch="miras", model=mem.name, hybrid=cfg.hybrid,
-                      window=cfg.window, rank=cfg.rank, chunk_size=chunk)
+                      window=cfg.window, rank=cfg.rank, chunk_size=chunk, model_kwargs=kwargs)
         build_model(LMConfig(**{**lm.to_dict(), "vocab_size": 1, "n_layers": 1}))  # checks
         return lm
     except ConfigError:
