@@ -89,8 +89,7 @@ def bench_miras(model, size, device, dtype, args, compiled=False, fused=None,
     q, k, v, gates = make_inputs(cfg, size, device, dtype)
     tokens = size["B"] * size["T"]
     # per-token states are kept unless the reads are in the dual form or fused
-    keeps_states = not (link_at == "chunk" or has_fast_read(cfg)
-                        or softmax_reads_apply(cfg, device))
+    keeps_states = not (has_fast_read(cfg) or softmax_reads_apply(cfg, device))
     ckpt = {"on": True, "off": False, "auto": keeps_states}[args.checkpoint]
     if compiled == "reduce-overhead":  # CUDA graphs cannot be replayed by a recomputation
         ckpt = False

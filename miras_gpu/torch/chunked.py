@@ -373,11 +373,12 @@ def _softmax_reads_module():
 
 def softmax_reads_apply(config, device: torch.device) -> bool:
     """The chunked reads of ``config`` on ``device`` go through the fused softmax op
-    (:data:`FUSED_SOFTMAX_READS`; a row-softmax KL link on a matrix or MLP memory), given
-    scalar gates and a float32 state; no per-token state is then formed or kept."""
+    (:data:`FUSED_SOFTMAX_READS`; a row-softmax KL link applied at every token's read on a
+    matrix or MLP memory), given scalar gates and a float32 state; no per-token state is then
+    formed or kept."""
     ret = config.retention
     if (FUSED_SOFTMAX_READS is False or not isinstance(ret, KLRetention) or ret.axis != -1
-            or type(config.memory) not in FAST_READS):
+            or config.link_at != "token" or type(config.memory) not in FAST_READS):
         return False
     if FUSED_SOFTMAX_READS is None and device.type != "cuda":
         return False
@@ -404,9 +405,11 @@ def _softmax_read(config, z0: dict, gates: dict, grads: dict, q):
 
 def has_fast_read(config) -> bool:
     """The chunked form of ``config`` reads in the dual form (no per-token state kept): an
-    identity or scalar link on a matrix or MLP memory (element-wise gates excepted)."""
+    identity or scalar link, or any link applied at chunk starts only (``link_at="chunk"``),
+    on a matrix or MLP memory (element-wise gates excepted)."""
     ret = config.retention
-    if not (retentions.ops_for(ret).identity_link or retentions.scalar_link(ret)):
+    if not (config.link_at == "chunk" or retentions.ops_for(ret).identity_link
+            or retentions.scalar_link(ret)):
         return False
     return type(config.memory) in FAST_READS
 
@@ -414,22 +417,19 @@ def has_fast_read(config) -> bool:
 def read_kind(config, axes: dict, state: torch.Tensor) -> str | None:
     """How the queries of a chunk read without forming per-token states: ``"linear"``
     (``config.link_at == "chunk"``: the memory ``ψ(Z_{t'})`` after plain steps, read as an
-    identity link; matrix or MLP memory, gates not element-wise), ``"softmax"`` (the fused op,
-    :func:`softmax_reads_apply`; scalar gates, float32 state), ``"dual"`` (an identity or
-    scalar link, :func:`has_fast_read`; gates not element-wise), or None (states formed).
+    identity link), ``"softmax"`` (the fused op, :func:`softmax_reads_apply`; scalar gates,
+    float32 state), ``"dual"`` (an identity or scalar link), or None (states formed). The dual
+    and linear reads need :func:`has_fast_read` and gates that are not element-wise.
 
     ``axes[n]``: the own axes of parameter ``n`` on which the gates vary (``""`` scalar gates,
     ``"r"``/``"s"`` channel-wise, ``"rs"`` element-wise; :func:`gate_axes`); ``state``: any
     parameter of the chunk's starting state (its dtype and device).
     """
-    if config.link_at == "chunk":
-        dual = type(config.memory) in FAST_READS and all(a != "rs" for a in axes.values())
-        return "linear" if dual else None
     if (not any(axes.values()) and state.dtype == torch.float32
             and softmax_reads_apply(config, state.device)):
         return "softmax"
     if has_fast_read(config) and all(a != "rs" for a in axes.values()):
-        return "dual"
+        return "linear" if config.link_at == "chunk" else "dual"
     return None
 
 
