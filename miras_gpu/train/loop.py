@@ -27,6 +27,7 @@ with ``torch.distributed.fsdp.fully_shard`` (FSDP2) instead of DDP.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -39,6 +40,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from miras_ref import zoo
 
 from ..nn import PRESETS, LMConfig, build_model, count_params, save_pretrained
 from ..nn.layer import resolve_config
@@ -157,11 +160,17 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> LMConfig:
                 raise ConfigError(f"the head size d_model / n_heads = {D} must be even (RoPE)")
             return LMConfig(vocab_size, d, L, H, arch="transformer", model="softmax_attention",
                             window=None, rank=cfg.rank)
-        kwargs = {} if cfg.link_at == "token" else {"link_at": cfg.link_at}
-        if kwargs and cfg.model not in ("moneta", "memora"):
-            raise ConfigError(f"link_at={cfg.link_at!r} applies to moneta and memora (the "
-                              f"models whose retention has a link), not {cfg.model!r}")
-        mem = resolve_config(cfg.model, D, **kwargs)
+        mem = resolve_config(cfg.model, D)
+        kwargs = {}
+        if cfg.link_at != "token":
+            # the zoo models whose constructor takes link_at (those whose retention has a link)
+            takes = [n for n, make in zoo.ALL.items()
+                     if "link_at" in inspect.signature(make).parameters]
+            if mem.name not in takes:
+                raise ConfigError(f"link_at={cfg.link_at!r} applies to {' and '.join(takes)}, "
+                                  f"not {cfg.model!r}")
+            kwargs = {"link_at": cfg.link_at}
+            mem = resolve_config(cfg.model, D, **kwargs)
         chunk = cfg.chunk_size
         if chunk == "auto":
             from miras_gpu.torch.chunked import check_chunkable
