@@ -65,10 +65,13 @@ def timed(fn, device: torch.device, warmup: int, iters: int):
 ETA = {"yaad": 1e-3, "memora": 1e-3}
 
 
-def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0):
+def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0,
+                channel_gates: bool = False):
     """ℓ2-normalised q, k (as the MIRAS layer), random v ``[B, T, H, D]`` in ``dtype``, and
     per-head gates ``[B, T, H]`` inside their ranges in ``gate_dtype`` (default ``dtype``):
-    ``η`` uniform in ``[0.5, 1.5]`` times its mean (:data:`ETA`, else the config's default)."""
+    ``η`` uniform in ``[0.5, 1.5]`` times its mean (:data:`ETA`, else the config's default).
+    ``channel_gates``: ``η`` and ``α`` channel-wise ``[B, T, H, D]``, as the MIRAS layer
+    makes them."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     B, T, H, D = size["B"], size["T"], size["H"], size["D"]
     q = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
@@ -78,7 +81,8 @@ def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0):
     defaults["eta"] = ETA.get(cfg.name, defaults["eta"])
     gates = {}
     for name in cfg.required_gates:
-        u = torch.rand(B, T, H, generator=g)
+        per_channel = channel_gates and name in ("eta", "alpha")
+        u = torch.rand(*((B, T, H, D) if per_channel else (B, T, H)), generator=g)
         gates[name] = {"eta": defaults["eta"] * (0.5 + u), "alpha": 0.9 + 0.1 * u,
                        "delta": 0.5 + u}[name]
     to = dict(device=device, dtype=dtype)

@@ -121,11 +121,12 @@ def _ops(backend):
 
 
 def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_precision=None,
-                 torch_compile=False):
+                 torch_compile=False, channel_gates=False):
     """``(fwd, fwd_bwd)`` closures of one model on one backend (``torch_compile``: the torch
-    backend's ``compile_chunks``)."""
+    backend's ``compile_chunks``; ``channel_gates``: η, α ``[B, T, H, D]``)."""
     cfg = config_for(model, size)
-    q, k, v, gates = make_inputs(cfg, size, device, dtype, gate_dtype=torch.float32)
+    q, k, v, gates = make_inputs(cfg, size, device, dtype, gate_dtype=torch.float32,
+                                 channel_gates=channel_gates)
     opts = {"checkpoint": True} if (backend == "torch" and checkpoint) else {}
     if backend == "torch" and torch_compile:
         opts["compile_chunks"] = torch_compile
@@ -238,7 +239,8 @@ def sweep(models, size, device, dtype, args) -> list[dict]:
                 s = dict(size, B=1, T=T)
                 try:
                     fwd, fwd_bwd = miras_passes(model, "triton", s, device, dtype,
-                                                dot_precision=args.dot_precision)
+                                                dot_precision=args.dot_precision,
+                                                channel_gates=args.gates == "channel")
                     sec, peak = time_fn(fwd if mode == "fwd" else fwd_bwd, device, 1, 1)
                 except Exception as exc:
                     if not is_oom(exc):
@@ -276,6 +278,9 @@ def run(args) -> dict:
                                      + ", others the config's (benchmarks/_common.py)",
            "triton interpreter": os.environ.get("TRITON_INTERPRET", "0"),
            "triton dot precision": args.dot_precision or "backend default (docs/kernels.md)",
+           "gates η, α": ("channel-wise [B, T, H, D] (triton: forward kernels, gradients by "
+                          "the torch recomputation)" if args.gates == "channel"
+                          else "per token and head [B, T, H]"),
            "torch backend rows": (f"compile_chunks={args.torch_compile!r}"
                                   if args.torch_compile else "eager (Moneta, Memora with "
                                                              "checkpoint=True)"),
@@ -298,7 +303,7 @@ def run(args) -> dict:
             rows += measure(label, kind,
                             lambda m=model, b=backend, c=ckpt: miras_passes(
                                 m, b, size, device, dtype, c, args.dot_precision,
-                                args.torch_compile),
+                                args.torch_compile, args.gates == "channel"),
                             size, device, args)
             if graphs:
                 from miras_gpu.torch.graphed import clear_graphs
@@ -390,6 +395,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="tiny sizes, no peers (CPU smoke test)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--gates", default="scalar", choices=["scalar", "channel"],
+                   help="η, α per token and head, or channel-wise (as the MIRAS layer's)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--models", default=",".join(MATRIX_MODELS + MLP_MODELS))

@@ -14,6 +14,7 @@ states). Errors are relative in the Frobenius norm, ``‖mine - gold‖ / ‖gol
 from __future__ import annotations
 
 import os
+import warnings
 
 # before triton is imported: the kernels are defined for Triton's CPU interpreter
 _PREVIOUS = os.environ.get("TRITON_INTERPRET")
@@ -32,7 +33,11 @@ try:
     from miras_gpu.triton import chunked as tchunked  # noqa: E402
     from miras_gpu.triton import matrix as _matrix_kernels  # noqa: E402, F401
     from miras_gpu.triton import mlp as _mlp_kernels  # noqa: E402, F401
-    from miras_gpu.triton.cases import kernel_cases, kernel_inputs  # noqa: E402
+    from miras_gpu.triton.cases import (  # noqa: E402
+        float32_conditioning,
+        kernel_cases,
+        kernel_inputs,
+    )
     from miras_gpu.triton.softmax_reads import softmax_reads  # noqa: E402
     from miras_gpu.triton.token_norms import token_power_sums  # noqa: E402
 finally:
@@ -42,6 +47,7 @@ finally:
         del os.environ["TRITON_INTERPRET"]
     else:
         os.environ["TRITON_INTERPRET"] = _PREVIOUS
+from miras_gpu.conformance import MAX_DRAWS, PROBE_SHARE  # noqa: E402
 from miras_ref import zoo  # noqa: E402
 from miras_ref.algorithms import GD  # noqa: E402
 from miras_ref.bias import LpBias  # noqa: E402
@@ -184,6 +190,52 @@ def _torch32_tol(cfg, q, k, v, gates, init, chunk=CHUNK) -> float:
     return max(TOL, 3 * worst)
 
 
+#: every form of the forward kernels with channel-wise η, α (Sec 5.4; the MIRAS layer's
+#: gates): matrix dual-form reads with both anchors, per-token reads (softmax over the matrix,
+#: lag token), the MLP dual form with both anchors, Moneta's norms, Memora's per-token states
+CW_GATE_CASES = ("gated_deltanet", "lp_exact", "kl_all_lag", "yaad", "mlp_lp_decayed",
+                 "moneta", "memora")
+
+
+@pytest.mark.parametrize("name", CW_GATE_CASES)
+def test_channel_wise_gates(name):
+    """Channel-wise ``η, α [B, T, H, D]`` run on the forward kernels (no fallback note) and,
+    with the gradients by the torch recomputation, match the torch backend in float64 and
+    ``miras_ref`` (output, final state, every gradient)."""
+    cfg, cw, _ = CASES[name]
+    heads = 2 if isinstance(cfg.memory, MatrixMemory) else 1
+    for seed in range(21, 21 + MAX_DRAWS):
+        q, k, v, gates, init = make_inputs(cfg, cw_delta=cw, h=heads, seed=seed, cw_gates=True)
+        tol = TOL if isinstance(cfg.memory, MatrixMemory) else _torch32_tol(cfg, q, k, v, gates,
+                                                                            init)
+        if float32_conditioning(cfg, q, k, v, gates, init, CHUNK) <= PROBE_SHARE * tol:
+            break
+    else:
+        pytest.fail(f"no well-conditioned draw in {MAX_DRAWS} seeds")
+    assert gates["eta"].shape == gates["alpha"].shape == (1, T, heads, cfg.memory.d_k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", triton_ops.TritonFallbackWarning)
+        mine, gold = run_both(cfg, q, k, v, gates, init, block_hidden=32)
+    assert_within(mine, gold, tol)
+    ry, rf = miras_ref.scan_chunked(cfg, q.numpy(), k.numpy(), v.numpy(),
+                                    {n: a.numpy() for n, a in gates.items()}, CHUNK,
+                                    {n: a.numpy() for n, a in init.items()}, True)
+    assert err(mine[0], torch.as_tensor(ry)) <= tol
+    for n in rf:
+        assert err(mine[1][n], torch.as_tensor(rf[n])) <= tol, n
+
+
+def test_channel_wise_alpha_with_scalar_eta():
+    """One channel-wise gate and one scalar: the scalar one is broadcast over the channels
+    for the kernels, and its gradient comes back summed, in its own shape ``[B, T, H]``."""
+    cfg = CASES["gated_deltanet"][0]
+    q, k, v, gates, init = make_inputs(cfg, seed=23, cw_gates=True)
+    gates["eta"] = gates["eta"][..., 0]
+    mine, gold = run_both(cfg, q, k, v, gates, init)
+    assert mine[2]["eta"].shape == gates["eta"].shape
+    assert_within(mine, gold, TOL)
+
+
 def test_backward_kernel_matches_torch_recomputation():
     cfg = CASES["huber_smooth_cw"][0]
     q, k, v, gates, init = make_inputs(cfg, cw_delta=True, seed=3)
@@ -306,15 +358,15 @@ def test_scan_is_the_recurrence(name):
 
 def test_fallback_notes_once_and_matches_torch(monkeypatch):
     monkeypatch.setattr(tchunked, "_noted", set())
-    cfg = zoo.gla(D)  # channel-wise alpha: no kernel
+    cfg = zoo.gated_deltanet(D)  # element-wise alpha [B, T, H, d_v, d_k]: no kernel
     g = torch.Generator().manual_seed(13)
     q, k, v = (torch.randn(1, 9, 2, D, generator=g) for _ in range(3))
-    gates = {"eta": torch.ones(1, 9, 2), "alpha": 0.9 + 0.1 * torch.rand(1, 9, 2, D, generator=g)}
-    with pytest.warns(triton_ops.TritonFallbackWarning, match="channel-wise"):
+    gates = {"eta": 0.5 * torch.ones(1, 9, 2),
+             "alpha": 0.9 + 0.1 * torch.rand(1, 9, 2, D, D, generator=g)}
+    with pytest.warns(triton_ops.TritonFallbackWarning, match="element-wise"):
         y, _ = triton_ops.scan_chunked(cfg, q, k, v, gates, chunk_size=4)
     gold, _ = torch_ops.scan_chunked(cfg, q, k, v, gates, chunk_size=4)
     assert torch.equal(y, gold)
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same reason is noted only once

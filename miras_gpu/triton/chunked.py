@@ -195,9 +195,9 @@ def _input_reason(config, q, gates: dict) -> str | None:
         return (f"tensors on {q.device.type} need TRITON_INTERPRET=1 (the kernels run on CUDA "
                 "devices)")
     for name in ("eta", "alpha"):
-        if gates[name].ndim != 3:
-            return (f"channel-wise or element-wise gates['{name}'] have no Triton kernel "
-                    "(scalar [B, T, H] gates only)")
+        if gates[name].ndim > 4:
+            return (f"element-wise gates['{name}'] have no Triton kernel (scalar [B, T, H] "
+                    "or channel-wise [B, T, H, d_k] gates only)")
     return None
 
 
@@ -249,6 +249,9 @@ class Launch:
     block_hidden: int = 64
     #: use the torch recomputation for the gradients even where a backward kernel exists
     torch_backward: bool = False
+    #: channel-wise gates ``[B, T, H, D]`` (forward kernels only; torch recomputes the
+    #: gradients)
+    gate_cw: bool = False
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -333,12 +336,13 @@ def _matrix_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0):
         k, v, eta, alpha, delta_arg, z0[0], L.bounds, states, dy, zt,
         L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), plan.q, plan.c,
         BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
-        BC=L.block_c, BK=bk, BV=bv, PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+        GATE_CW=L.gate_cw, BC=L.block_c, BK=bk, BV=bv, PREC=L.prec, num_warps=L.num_warps,
+        num_stages=1)
     matrix_output_kernel[(L.n_seg, L.B * L.H)](
         q, k, eta, alpha, L.bounds, states, dy, y,
         L.T, L.H, dk, dv, L.n_seg, plan.q, plan.c,
-        LINK=plan.link, BC=L.block_c, BK=bk, BV=bv, PREC=L.prec, num_warps=L.num_warps,
-        num_stages=1)
+        LINK=plan.link, GATE_CW=L.gate_cw, BC=L.block_c, BK=bk, BV=bv, PREC=L.prec,
+        num_warps=L.num_warps, num_stages=1)
     return y, (zt,), (states,)
 
 
@@ -417,12 +421,13 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             k, v, eta, alpha, delta_arg, bounds, s1, s2, dz,
             L.T, L.H, d, hd, n, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
             BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
-            BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec, num_warps=L.num_warps,
-            num_stages=1)
+            GATE_CW=L.gate_cw, BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
+            num_warps=L.num_warps, num_stages=1)
         mlp_output_kernel[(n, L.B * L.H)](
             q, k, eta, alpha, bounds, s1, s2, dz, y,
             L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
-            LINK=plan.link, DECAYED=plan.decayed, BC=L.block_c, BD=bd, BH=L.block_hidden,
+            LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=bd,
+            BH=L.block_hidden,
             PREC=L.prec, num_warps=L.num_warps, num_stages=1)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
@@ -620,7 +625,7 @@ class ChunkedScan(torch.autograd.Function):
         if plan.kind == "mlp":
             *saved, dz = saved
         out = None
-        if plan.triton_backward and not launch.torch_backward:
+        if plan.triton_backward and not (launch.torch_backward or launch.gate_cw):
             try:
                 if plan.kind == "matrix":
                     out = _matrix_backward(plan, launch, saved, gy, gzt[0])
@@ -693,7 +698,13 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     z0 = initial_memory_state(config, initial_state, inp, lambda: default_state(config, inp))
     names = list(config.memory.shapes)
     launch = _launch(plan, q, chunk_size, block_hidden, dot_precision)
-    g = {n: a.movedim(1, 2).contiguous() for n, a in inp.gates.items()}  # [B, T, H, ...]
+    g = {n: a.movedim(1, 2) for n, a in inp.gates.items()}  # [B, T, H, ...]
+    launch.gate_cw = g["eta"].ndim == 4 or g["alpha"].ndim == 4
+    if launch.gate_cw:  # one layout for both: a scalar gate the same on every channel
+        dk = config.memory.d_k
+        for n in ("eta", "alpha"):
+            g[n] = g[n] if g[n].ndim == 4 else g[n].unsqueeze(-1).expand(inp.B, inp.T, inp.H, dk)
+    g = {n: a.contiguous() for n, a in g.items()}
     launch.torch_backward = backward == "torch"
     try:
         y, *zt = ChunkedScan.apply(plan, launch, q.contiguous(), k.contiguous(),

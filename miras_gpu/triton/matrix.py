@@ -2,9 +2,10 @@
 
 ``W in R^{d_v x d_k}``, one program per ``(batch, head)`` or per ``(segment, batch, head)``.
 Inputs are ``[B, T, H, D]`` contiguous (any float dtype; loaded and computed in fp32), gates
-``[B, T, H]`` fp32, the memory state fp32 ``[B, H, d_v, d_k]``. A *segment* is a chunk (or,
-with Memora's lag token, the lag token or the rest of a chunk); ``bounds`` holds the segment
-boundaries ``[NSEG + 1]`` (int32).
+fp32, ``[B, T, H]`` or, in the forward kernels with ``GATE_CW``, channel-wise
+``[B, T, H, d_k]`` (:mod:`miras_gpu.triton.gates`), the memory state fp32
+``[B, H, d_v, d_k]``. A *segment* is a chunk (or, with Memora's lag token, the lag token or
+the rest of a chunk); ``bounds`` holds the segment boundaries ``[NSEG + 1]`` (int32).
 
 Notation per segment (``C`` tokens ``t' + 1 .. t' + C``, Eq 28-29): ``Z0`` the state at its
 start, ``A = ψ(Z0)`` (or ``α_{t'+1} Z0`` for the decayed-anchor ℓ2 gate) the anchor,
@@ -34,6 +35,14 @@ import triton
 import triton.language as tl
 
 from ._math import bias_grad, bias_grad_bwd, delta_tile, link, mm, segment_tiles
+from .gates import (
+    anchor_scale,
+    channel_scores,
+    gate_tiles,
+    scale_cols,
+    token_gates,
+    token_row,
+)
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -43,7 +52,8 @@ def matrix_state_kernel(
     T, H, DK, DV, NSEG,
     P, SHARP, EPS, LQ, KLC,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -63,12 +73,12 @@ def matrix_state_kernel(
         tok = (b * T + t) * H + h
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
         vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
-        eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
-        la = tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0))
+        eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, DK, BK, GATE_CW)
         delta = delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
         # Eq 28: every gradient of the segment at its starting state (the anchor)
         if DECAYED:
-            a = tl.load(alpha_ptr + (b * T + s0) * H + h) * z
+            a = scale_cols(z, anchor_scale(alpha_ptr, (b * T + s0) * H + h, DK, BK, True,
+                                           GATE_CW), GATE_CW)
         else:
             a = link(z, zmask, LINK, LQ, KLC)
         yk = mm(kt, tl.trans(a), PREC)
@@ -77,10 +87,12 @@ def matrix_state_kernel(
         dy = tl.where(ymask, dy, 0.0)
         tl.store(dy_ptr + tok[:, None] * DV + rv[None, :], dy, mask=ymask)
         # Eq 29 at the segment end: Z = (β_C/β_0) Z0 - Σ_i η_i (β_C/β_i) dY_i k_iᵀ
-        lb = tl.cumsum(la, axis=0)
-        lbl = tl.sum(tl.where(rc == s1 - s0 - 1, lb, 0.0), axis=0)
+        lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
         w = eta * tl.exp(lbl - lb)
-        z = tl.exp(lbl) * z - mm(tl.trans(dy * w[:, None]), kt, PREC)
+        if GATE_CW:  # the gates scale the key channels
+            z = scale_cols(z, tl.exp(lbl), True) - mm(tl.trans(dy), kt * w, PREC)
+        else:
+            z = tl.exp(lbl) * z - mm(tl.trans(dy * w[:, None]), kt, PREC)
     tl.store(zt_ptr + bh * DV * DK + zoff, z, mask=zmask)
 
 
@@ -88,8 +100,8 @@ def matrix_state_kernel(
 def matrix_output_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, states_ptr, dy_ptr, y_ptr,
     T, H, DK, DV, NSEG, LQ, KLC,
-    LINK: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
+    LINK: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, PREC: tl.constexpr,
 ):
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -111,14 +123,17 @@ def matrix_output_kernel(
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
         ymask = mt[:, None] & (rv < DV)[None, :]
         dy = tl.load(dy_ptr + tok[:, None] * DV + rv[None, :], mask=ymask, other=0.0)
-        eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
-        lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0)), axis=0)
-        causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-        mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
-        mask = mask * eta[None, :]
+        eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, DK, BK, GATE_CW)
         # Y = E ⊙ (Q Z0ᵀ) - (M ⊙ Q Kᵀ) dY: the read of Z_t without forming it
-        scores = mm(qt, tl.trans(kt), PREC) * mask
-        y = tl.exp(lb)[:, None] * mm(qt, tl.trans(z0), PREC)
+        if GATE_CW:  # E and M per key channel: Y = (E ⊙ Q) Z0ᵀ - P dY
+            scores = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK, BC)
+            y = mm(qt * tl.exp(lb), tl.trans(z0), PREC)
+        else:
+            causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+            mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)),
+                            0.0)
+            scores = mm(qt, tl.trans(kt), PREC) * (mask * eta[None, :])
+            y = tl.exp(lb)[:, None] * mm(qt, tl.trans(z0), PREC)
         y = y - mm(scores, dy, PREC)
         tl.store(y_ptr + tok[:, None] * DV + rv[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=ymask)
@@ -129,10 +144,9 @@ def matrix_output_kernel(
             kt = tl.load(k_ptr + tok * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
             qt = tl.load(q_ptr + tok * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
             dyt = tl.load(dy_ptr + tok * DV + rv, mask=rv < DV, other=0.0)
-            al = tl.load(alpha_ptr + tok)
-            et = tl.load(eta_ptr + tok)
+            al, et = token_gates(eta_ptr, alpha_ptr, tok, DK, BK, GATE_CW)
             # Z_t = α_t Z_{t-1} - η_t dY_t k_tᵀ (= Eq 29 token by token); y_t = ψ(Z_t) q_t
-            z = al * z - et * (dyt[:, None] * kt[None, :])
+            z = scale_cols(z, al, GATE_CW) - scale_cols(dyt[:, None] * kt[None, :], et, GATE_CW)
             wt = link(z, zmask, LINK, LQ, KLC)
             yt = tl.sum(wt * qt[None, :], axis=1)
             tl.store(y_ptr + tok * DV + rv, yt.to(y_ptr.dtype.element_ty), mask=rv < DV)

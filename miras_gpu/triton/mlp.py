@@ -42,6 +42,17 @@ from ._math import (
     qnorm_update,
     segment_tiles,
 )
+from .gates import (
+    anchor_scale,
+    channel_mixed_read,
+    channel_scores,
+    gate_tiles,
+    scale_cols,
+    scale_rows,
+    scale_tokens,
+    token_gates,
+    token_row,
+)
 
 
 @triton.jit
@@ -123,14 +134,15 @@ def _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK: tl.constexpr, LQ,
 
 @triton.jit
 def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
-           LINK: tl.constexpr, LQ, KLC, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr):
+           LINK: tl.constexpr, LQ, KLC, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+           CW: tl.constexpr):
     """One hidden block at the anchor: ``Z2b, Z1b`` (raw state), ``H = K A2bᵀ``, ``σ(H)``,
-    ``A1b`` and the masks."""
+    ``A1b`` and the masks. ``s_anchor``: :func:`~miras_gpu.triton.gates.anchor_scale`."""
     z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
     z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
     if LINK == 0:
-        a2b = s_anchor * z2b
-        a1b = s_anchor * z1b
+        a2b = scale_cols(z2b, s_anchor, CW)
+        a1b = scale_rows(z1b, s_anchor, CW)
     elif LINK == 1:
         a2b = z2b * sc2
         a1b = z1b * sc1
@@ -153,20 +165,14 @@ def _layer_norm(z, cm, D, LN_EPS):
     return zc * rstd[:, None], rstd
 
 
-@triton.jit
-def _gates(eta_ptr, alpha_ptr, tok, mt):
-    eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
-    lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0)), axis=0)
-    return eta, lb
-
-
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_state_kernel(
     k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr,
     T, H, D, HD, NSEG,
     P, SHARP, EPS, LQ, KLC, LN_EPS,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -186,19 +192,16 @@ def mlp_state_kernel(
         ymask = mt[:, None] & cm[None, :]
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
         vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+        eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
-        if DECAYED:
-            s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
-        else:
-            s_anchor = 1.0
+        s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
         sc1, sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK, LQ, BD, BH)
         # forward of the memory at the anchor: z = Â A1ᵀ, y = k + LN(z)
         zp = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
             z2b, m2, z1b, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
-                KLC, BD, BH, PREC)
+                KLC, BD, BH, PREC, GATE_CW)
             zp += mm(act, tl.trans(a1b), PREC)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
         e = tl.where(ymask, kt + u - vt, 0.0)
@@ -209,16 +212,20 @@ def mlp_state_kernel(
         dz = tl.where(ymask, dz, 0.0)
         tl.store(dz_ptr + tok[:, None] * D + rd[None, :], dz, mask=ymask)
         # Eq 29 at the segment end, block by block of the hidden axis
-        lbl = tl.sum(tl.where(rc == s1 - s0 - 1, lb, 0.0), axis=0)
+        lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
         w = eta * tl.exp(lbl - lb)
         el = tl.exp(lbl)
+        dzw = scale_tokens(dz, w, GATE_CW)
         for jb in range(0, NB):
             z2b, m2, z1b, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
-                KLC, BD, BH, PREC)
+                KLC, BD, BH, PREC, GATE_CW)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
-            z2n = el * z2b - mm(tl.trans(dh * w[:, None]), kt, PREC)
-            z1n = el * z1b - mm(tl.trans(dz * w[:, None]), act, PREC)
+            if GATE_CW:  # the gates scale W2's columns: the keys' channels
+                z2n = scale_cols(z2b, el, True) - mm(tl.trans(dh), kt * w, PREC)
+            else:
+                z2n = el * z2b - mm(tl.trans(dh * w[:, None]), kt, PREC)
+            z1n = scale_rows(z1b, el, GATE_CW) - mm(tl.trans(dzw), act, PREC)
             _store_w2(s2_ptr, base + size, jb * BH, z2n, D, HD, BD, BH)
             _store_w1(s1_ptr, base + size, jb * BH, z1n, D, HD, BD, BH)
         # the next segment reads this slot: make every thread's stores visible
@@ -236,7 +243,7 @@ def mlp_output_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr,
     T, H, D, HD, NSEG,
     LQ, KLC, LN_EPS,
-    LINK: tl.constexpr, DECAYED: tl.constexpr,
+    LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
     s = tl.program_id(0).to(tl.int64)
@@ -258,12 +265,9 @@ def mlp_output_kernel(
     qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
     kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
     dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
-    eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+    eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
     el = tl.exp(lb)
-    if DECAYED:
-        s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
-    else:
-        s_anchor = 1.0
+    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
     sc1, sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK, LQ, BD, BH)
     if LINK == 3:
         # Memora: per-token states by the rank-1 recurrence; W1 rows by an online softmax
@@ -273,19 +277,20 @@ def mlp_output_kernel(
         for jb in range(0, NB):
             z2, m2, z1, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
-                KLC, BD, BH, PREC)
+                KLC, BD, BH, PREC, GATE_CW)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
             hid = (jb * BH + tl.arange(0, BH)) < HD
             for i in range(0, n):
                 ti = (b * T + s0 + i) * H + h
-                al = tl.load(alpha_ptr + ti)
-                et = tl.load(eta_ptr + ti)
+                al, et = token_gates(eta_ptr, alpha_ptr, ti, D, BD, GATE_CW)
                 ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
                 qi = tl.load(q_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
                 dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
                 # Z_t = α_t Z_{t-1} - η_t G_t for both layers of this block
-                z2 = al * z2 - et * (_row(dh, rc, i)[:, None] * ki[None, :])
-                z1 = al * z1 - et * (dzi[:, None] * _row(act, rc, i)[None, :])
+                z2 = (scale_cols(z2, al, GATE_CW)
+                      - scale_cols(_row(dh, rc, i)[:, None] * ki[None, :], et, GATE_CW))
+                z1 = (scale_rows(z1, al, GATE_CW)
+                      - scale_rows(dzi[:, None] * _row(act, rc, i)[None, :], et, GATE_CW))
                 hh = tl.sum(link(z2, m2, 3, LQ, KLC) * qi[None, :], axis=1)
                 ai = tl.where(hid, gelu(hh), 0.0)
                 zm = tl.where(m1k, z1, float("-inf"))
@@ -303,10 +308,14 @@ def mlp_output_kernel(
                                acc)
         zq = KLC * acc / tl.where(lrun > 0.0, lrun, 1.0)
     else:
-        causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-        mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
-        mask = mask * eta[None, :]
-        pm = mm(qt, tl.trans(kt), PREC) * mask
+        if GATE_CW:  # P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]
+            pm = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)
+        else:
+            causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+            mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)),
+                            0.0)
+            mask = mask * eta[None, :]
+            pm = mm(qt, tl.trans(kt), PREC) * mask
         sct1 = tl.full([BC], 1.0, tl.float32)
         sct2 = tl.full([BC], 1.0, tl.float32)
         if LINK == 1:
@@ -319,16 +328,17 @@ def mlp_output_kernel(
             for jb in range(0, NB):
                 z2, m2, z1, m1k, hb, act, a1b = _block(
                     s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
-                    KLC, BD, BH, PREC)
+                    KLC, BD, BH, PREC, GATE_CW)
                 dh = mm(dz, a1b, PREC) * gelu_grad(hb)
                 for i in range(0, n):
                     ti = (b * T + s0 + i) * H + h
-                    al = tl.load(alpha_ptr + ti)
-                    et = tl.load(eta_ptr + ti)
+                    al, et = token_gates(eta_ptr, alpha_ptr, ti, D, BD, GATE_CW)
                     ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
                     dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
-                    z2 = al * z2 - et * (_row(dh, rc, i)[:, None] * ki[None, :])
-                    z1 = al * z1 - et * (dzi[:, None] * _row(act, rc, i)[None, :])
+                    z2 = (scale_cols(z2, al, GATE_CW)
+                          - scale_cols(_row(dh, rc, i)[:, None] * ki[None, :], et, GATE_CW))
+                    z1 = (scale_rows(z1, al, GATE_CW)
+                          - scale_rows(dzi[:, None] * _row(act, rc, i)[None, :], et, GATE_CW))
                     sel = rc == i
                     m2i, a2i = qnorm_update(tl.sum(tl.where(sel, mx2, 0.0), axis=0),
                                             tl.sum(tl.where(sel, ac2, 0.0), axis=0), z2, LQ)
@@ -346,14 +356,21 @@ def mlp_output_kernel(
         for jb in range(0, NB):
             z2b, m2, z1b, m1k, hb, act, a1b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
-                KLC, BD, BH, PREC)
+                KLC, BD, BH, PREC, GATE_CW)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
-            hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
+            if GATE_CW:
+                hq = mm(qt * el, tl.trans(z2b), PREC)
+            else:
+                hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
             hq = (hq - mm(pm, dh, PREC)) * sct2[:, None]
             aq = gelu(hq)
             zq0 += mm(aq, tl.trans(z1b), PREC)
             sa += mm(aq, tl.trans(act), PREC)
-        zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
+        if GATE_CW:  # the gated axis of W1 is its output: Σ_i S[t, i] M[t, i, c] dZ_i[c]
+            zq = zq0 * el - channel_mixed_read(sa, dz_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC,
+                                               BD)
+        else:
+            zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
         zq = zq * sct1[:, None]
     zq = tl.where(ymask, zq, 0.0)
     u, _ = _layer_norm(zq, cm, D, LN_EPS)
@@ -416,7 +433,7 @@ def mlp_backward_reads_kernel(
     kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
     gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
     dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
-    eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+    eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
     if DECAYED:
         s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
     else:
@@ -538,7 +555,7 @@ def mlp_backward_state_kernel(
         ymask = mt[:, None] & cm[None, :]
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
         vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        eta, lb = _gates(eta_ptr, alpha_ptr, tok, mt)
+        eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
         alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
         if DECAYED:

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import inspect
 import io
+import itertools
 import json
 import os
 import re
@@ -77,10 +78,11 @@ def _intercepted(launches: list):
 
 
 def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int = 64,
-           tokens: int | None = None) -> list[dict]:
+           tokens: int | None = None, gates=("scalar",)) -> list[dict]:
     """The launches of the ``triton`` backend's chunked op, forward and backward, for each
-    model (a name of :func:`miras_gpu.triton.cases.kernel_cases`), head dim and input dtype,
-    plus the torch backend's fused norms op for Moneta. Needs ``TRITON_INTERPRET=1``.
+    model (a name of :func:`miras_gpu.triton.cases.kernel_cases`), head dim, input dtype and
+    form of the η, α gates (``"scalar"`` per token, ``"channel"``-wise), plus the torch
+    backend's fused norms op for Moneta. Needs ``TRITON_INTERPRET=1``.
 
     Returns one dict per launch: ``model, dim, dtype, module, kernel, args, num_warps,
     num_stages`` (``args``: name -> ``{"ptr": type}`` or ``{"value": v}``).
@@ -96,26 +98,26 @@ def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int
     from .cases import kernel_cases, kernel_inputs
 
     out = []
-    for name in models:
-        for d in dims:
-            cfg = kernel_cases(d)[name][0]
-            for dtype in dtypes:
-                dt = getattr(torch, dtype)
-                q, k, v, gates, init = kernel_inputs(cfg, tokens or chunk + 3, h=1)
-                leaves = [x.to(dt).requires_grad_(True) for x in (q, k, v)]
-                gl = {n: g.float().requires_grad_(True) for n, g in gates.items()}
-                ops = [("triton", scan_chunked)]
-                if name == "moneta":
-                    ops.append(("torch, fused norms", torch_ops.scan_chunked))
-                for label, op in ops:
-                    launches: list = []
-                    with _intercepted(launches), _fused_norms(torch_chunked, dt):
-                        y, _ = op(cfg, *leaves, gl, chunk_size=chunk,
-                                  initial_state={n: a.float() for n, a in init.items()},
-                                  output_final_state=True)
-                        y.float().sum().backward()
-                    out += [{"model": name, "op": label, "dim": d, "dtype": dtype, **r}
-                            for r in launches]
+    for name, d, dtype, form in itertools.product(models, dims, dtypes, gates):
+        cfg = kernel_cases(d)[name][0]
+        dt = getattr(torch, dtype)
+        q, k, v, gate_values, init = kernel_inputs(cfg, tokens or chunk + 3, h=1,
+                                                   cw_gates=form == "channel")
+        leaves = [x.to(dt).requires_grad_(True) for x in (q, k, v)]
+        gl = {n: g.float().requires_grad_(True) for n, g in gate_values.items()}
+        ops = [("triton", scan_chunked)]
+        if name == "moneta" and form == "scalar":
+            ops.append(("torch, fused norms", torch_ops.scan_chunked))
+        model = name if form == "scalar" else f"{name} (channel-wise η, α)"
+        for label, op in ops:
+            launches: list = []
+            with _intercepted(launches), _fused_norms(torch_chunked, dt):
+                y, _ = op(cfg, *leaves, gl, chunk_size=chunk,
+                          initial_state={n: a.float() for n, a in init.items()},
+                          output_final_state=True)
+                y.float().sum().backward()
+            out += [{"model": model, "op": label, "dim": d, "dtype": dtype, **r}
+                    for r in launches]
     return out
 
 
@@ -256,12 +258,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", default="16,32,64,128")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--chunk", type=int, default=64)
+    parser.add_argument("--gates", default="scalar",
+                        help="forms of the η, α gates: scalar, channel (comma-separated)")
     parser.add_argument("--out", help="write the table as Markdown here")
     parser.add_argument("--json", help="write every launch with its resources as JSON here")
     parser.add_argument("--record", help=argparse.SUPPRESS)  # the child: write launches here
     a = parser.parse_args(argv)
     spec = {"models": _parse_list(a.models), "dims": _parse_list(a.dims, int),
-            "dtypes": _parse_list(a.dtypes), "chunk": a.chunk}
+            "dtypes": _parse_list(a.dtypes), "chunk": a.chunk, "gates": _parse_list(a.gates)}
     if a.record:
         with open(a.record, "w") as f:
             json.dump(record(**spec), f)
