@@ -16,7 +16,9 @@ DeltaNet, ...; MLP: Yaad,                                     in reverse)
 TTT-MLP)
 ℓq / KL links (Moneta,         Triton (state pass + reads;    torch autograd, chunk by chunk,
 Memora, ...), a lag token,     per-token states or norms      from the stored chunk states
-or head dims above 64          where the link needs them)
+head dims above 64, or         where the link needs them;
+channel-wise η, α              channel-wise masks summed
+                               channel by channel)
 anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
 
@@ -26,13 +28,14 @@ the state kernel needs 288 KiB of shared memory, more than Hopper's 227 KiB: tho
 back to the torch backend, :mod:`miras_gpu.triton.resources`); biases dot product, ℓ2, ℓp (smooth
 or exact) and Huber mixture (smooth or exact, per-token or channel-wise δ); retention ℓ2 (both
 anchors), ℓq (matrix: simplified and exact links; MLP: simplified, Moneta's) and KL (matrix:
-softmax per row or over the whole matrix; MLP: per row, Memora's); scalar per-token ``eta``
-and ``alpha`` ``[B, T, H]``; float32, bfloat16 and float16 inputs on a CUDA device (or on the
-CPU under ``TRITON_INTERPRET=1``). The memory state and every reduction are float32; the
-output has the dtype of ``q``, the final state is float32 (as the torch backend); matrix
+softmax per row or over the whole matrix; MLP: per row, Memora's); per-token ``eta`` and
+``alpha``, scalar ``[B, T, H]`` or channel-wise ``[B, T, H, D]`` (:mod:`.gates`); float32,
+bfloat16 and float16 inputs on a CUDA device (or on the CPU under ``TRITON_INTERPRET=1``).
+The memory state and every reduction are float32; the output has the dtype of ``q``, the
+final state is float32 (as the torch backend); matrix
 products run in float32 or, for 16-bit inputs where that is safe, TF32 (:func:`dot_precision`).
 
-Everything else (channel-wise or element-wise ``eta``/``alpha``, other biases and gates,
+Everything else (element-wise ``alpha``, other biases and gates,
 ``link_at="chunk"`` with a non-identity link,
 momentum and the other algorithms, float64 inputs, CPU tensors without the interpreter, head
 dims above 128) runs on :mod:`miras_gpu.torch`, with a :class:`TritonFallbackWarning` issued
