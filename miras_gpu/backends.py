@@ -8,7 +8,7 @@ name        implementation                                  arrays
 ==========  ==============================================  ============
 ``numpy``   :mod:`miras_ref` itself (float64, CPU)          NumPy
 ``torch``   :mod:`miras_gpu.torch` (autograd, CPU and CUDA) torch
-``triton``  fused chunk kernels (not implemented yet)       torch
+``triton``  :mod:`miras_gpu.triton` (fused chunk kernels)   torch
 ``cupy``    raw CUDA kernels (not implemented yet)          torch
 ==========  ==============================================  ============
 
