@@ -108,12 +108,20 @@ def scale_tokens(x, w, CW: tl.constexpr):
 
 
 @triton.jit
-def _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, causal):
+def decay_mask(lb, mt, BC: tl.constexpr):
+    """``exp(lb_t - lb_i)`` for ``i <= t`` with token ``i`` valid (``mt``), else 0
+    (``[BC, BC]`` from one channel's log-decays ``lb [BC]``); every exponent is ``<= 0``."""
+    rc = tl.arange(0, BC)
+    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
+    return tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, BC: tl.constexpr):
     """``M[:, :, c]``: ``η_i[c] exp(lb_t[c] - lb_i[c])`` for ``i <= t``, else 0 (``[BC, BC]``)."""
     eta = tl.load(eta_ptr + tok * D + c, mask=mt, other=0.0)
     lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok * D + c, mask=mt, other=1.0)), axis=0)
-    dec = tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0))
-    return tl.where(causal, dec * eta[None, :], 0.0)
+    return decay_mask(lb, mt, BC) * eta[None, :]
 
 
 @triton.jit
@@ -122,13 +130,11 @@ def channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexp
     ``P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]`` (``[BC, BC]``), so that a read of the gated
     axis is ``Z_t x_t = (E_t ⊙ x_t) Z0ᵀ - Σ_i P[t, i] l_i`` for writes ``G_i = l_i k_iᵀ``.
     ``q, k [B, T, H, D]`` of the tokens ``tok``."""
-    rc = tl.arange(0, BC)
-    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
     p = tl.zeros([BC, BC], dtype=tl.float32)
     for c in range(0, D):
         qc = tl.load(q_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
         kc = tl.load(k_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
-        p += qc[:, None] * kc[None, :] * _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, causal)
+        p += qc[:, None] * kc[None, :] * _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, BC)
     return p
 
 
@@ -138,13 +144,11 @@ def channel_mixed_read(s, x_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexp
     """``R[t, c] = Σ_i s[t, i] M[t, i, c] x_i[c]`` (``[BC, BD]``): the write part of a read
     through the gated *output* axis, ``Z_t a_t`` with writes ``G_i = x_i r_iᵀ`` and
     ``s[t, i] = r_i · a_t`` (the MLP's ``W1``). ``x [B, T, H, D]`` float32."""
-    rc = tl.arange(0, BC)
     rd = tl.arange(0, BD)
-    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
     r = tl.zeros([BC, BD], dtype=tl.float32)
     for c in range(0, D):
         xc = tl.load(x_ptr + tok * D + c, mask=mt, other=0.0)
-        col = tl.sum(s * _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, causal) * xc[None, :],
+        col = tl.sum(s * _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, BC) * xc[None, :],
                      axis=1)
         r = tl.where((rd == c)[None, :], col[:, None], r)
     return r

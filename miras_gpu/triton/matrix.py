@@ -38,6 +38,7 @@ from ._math import bias_grad, bias_grad_bwd, delta_tile, link, mm, segment_tiles
 from .gates import (
     anchor_scale,
     channel_scores,
+    decay_mask,
     gate_tiles,
     scale_cols,
     token_gates,
@@ -129,10 +130,7 @@ def matrix_output_kernel(
             scores = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK, BC)
             y = mm(qt * tl.exp(lb), tl.trans(z0), PREC)
         else:
-            causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-            mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)),
-                            0.0)
-            scores = mm(qt, tl.trans(kt), PREC) * (mask * eta[None, :])
+            scores = mm(qt, tl.trans(kt), PREC) * (decay_mask(lb, mt, BC) * eta[None, :])
             y = tl.exp(lb)[:, None] * mm(qt, tl.trans(z0), PREC)
         y = y - mm(scores, dy, PREC)
         tl.store(y_ptr + tok[:, None] * DV + rv[None, :], y.to(y_ptr.dtype.element_ty),
@@ -171,18 +169,14 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
     alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
     delta = delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
-    if DECAYED:
-        s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
-    else:
-        s_anchor = 1.0
+    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, DK, BK, DECAYED, False)
     a = s_anchor * z0
     e = mm(kt, tl.trans(a), PREC) - vt
     dy = tl.where(vmask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
     lb = tl.cumsum(tl.log(alpha), axis=0)
     last = rc == s1 - s0 - 1
     lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
-    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-    dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+    dec = decay_mask(lb, mt, BC)
     mask = dec * eta[None, :]
     pqk = mm(qt, tl.trans(kt), PREC)
     el = tl.exp(lb)

@@ -46,6 +46,7 @@ from .gates import (
     anchor_scale,
     channel_mixed_read,
     channel_scores,
+    decay_mask,
     gate_tiles,
     scale_cols,
     scale_rows,
@@ -238,6 +239,23 @@ def _row(x, rc, i):
     return tl.sum(tl.where((rc == i)[:, None], x, 0.0), axis=0)
 
 
+@triton.jit
+def _token_step(z2, z1, dh, act, k_ptr, eta_ptr, alpha_ptr, dz_ptr, ti, i, D,
+                BC: tl.constexpr, BD: tl.constexpr, CW: tl.constexpr):
+    """One token of the rank-1 recurrence for a hidden block's states (Eq 29 token by token):
+    ``Z2_t = α_t Z2_{t-1} - η_t dH_t k_tᵀ``, ``Z1_t = α_t Z1_{t-1} - η_t dZ_t â_tᵀ``, with
+    token ``i`` of the segment (``ti`` its index in ``[B, T, H]``) and ``dh, act [BC, BH]``
+    the segment's ``dH`` and ``Â`` of the block; gates scalar or channel-wise (``CW``)."""
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    al, et = token_gates(eta_ptr, alpha_ptr, ti, D, BD, CW)
+    ki = tl.load(k_ptr + ti * D + rd, mask=rd < D, other=0.0).to(tl.float32)
+    dzi = tl.load(dz_ptr + ti * D + rd, mask=rd < D, other=0.0)
+    z2 = scale_cols(z2, al, CW) - scale_cols(_row(dh, rc, i)[:, None] * ki[None, :], et, CW)
+    z1 = scale_rows(z1, al, CW) - scale_rows(dzi[:, None] * _row(act, rc, i)[None, :], et, CW)
+    return z2, z1
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_output_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr,
@@ -282,15 +300,9 @@ def mlp_output_kernel(
             hid = (jb * BH + tl.arange(0, BH)) < HD
             for i in range(0, n):
                 ti = (b * T + s0 + i) * H + h
-                al, et = token_gates(eta_ptr, alpha_ptr, ti, D, BD, GATE_CW)
-                ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
                 qi = tl.load(q_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
-                dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
-                # Z_t = α_t Z_{t-1} - η_t G_t for both layers of this block
-                z2 = (scale_cols(z2, al, GATE_CW)
-                      - scale_cols(_row(dh, rc, i)[:, None] * ki[None, :], et, GATE_CW))
-                z1 = (scale_rows(z1, al, GATE_CW)
-                      - scale_rows(dzi[:, None] * _row(act, rc, i)[None, :], et, GATE_CW))
+                z2, z1 = _token_step(z2, z1, dh, act, k_ptr, eta_ptr, alpha_ptr, dz_ptr, ti, i,
+                                     D, BC, BD, GATE_CW)
                 hh = tl.sum(link(z2, m2, 3, LQ, KLC) * qi[None, :], axis=1)
                 ai = tl.where(hid, gelu(hh), 0.0)
                 zm = tl.where(m1k, z1, float("-inf"))
@@ -311,10 +323,7 @@ def mlp_output_kernel(
         if GATE_CW:  # P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]
             pm = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)
         else:
-            causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-            mask = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)),
-                            0.0)
-            mask = mask * eta[None, :]
+            mask = decay_mask(lb, mt, BC) * eta[None, :]
             pm = mm(qt, tl.trans(kt), PREC) * mask
         sct1 = tl.full([BC], 1.0, tl.float32)
         sct2 = tl.full([BC], 1.0, tl.float32)
@@ -332,13 +341,8 @@ def mlp_output_kernel(
                 dh = mm(dz, a1b, PREC) * gelu_grad(hb)
                 for i in range(0, n):
                     ti = (b * T + s0 + i) * H + h
-                    al, et = token_gates(eta_ptr, alpha_ptr, ti, D, BD, GATE_CW)
-                    ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
-                    dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
-                    z2 = (scale_cols(z2, al, GATE_CW)
-                          - scale_cols(_row(dh, rc, i)[:, None] * ki[None, :], et, GATE_CW))
-                    z1 = (scale_rows(z1, al, GATE_CW)
-                          - scale_rows(dzi[:, None] * _row(act, rc, i)[None, :], et, GATE_CW))
+                    z2, z1 = _token_step(z2, z1, dh, act, k_ptr, eta_ptr, alpha_ptr, dz_ptr, ti,
+                                         i, D, BC, BD, GATE_CW)
                     sel = rc == i
                     m2i, a2i = qnorm_update(tl.sum(tl.where(sel, mx2, 0.0), axis=0),
                                             tl.sum(tl.where(sel, ac2, 0.0), axis=0), z2, LQ)
@@ -434,13 +438,9 @@ def mlp_backward_reads_kernel(
     gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
     dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
-    if DECAYED:
-        s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
-    else:
-        s_anchor = 1.0
+    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, False)
     el = tl.exp(lb)
-    causal = (rc[None, :] <= rc[:, None]) & mt[None, :]
-    dec = tl.where(causal, tl.exp(tl.where(causal, lb[:, None] - lb[None, :], 0.0)), 0.0)
+    dec = decay_mask(lb, mt, BC)
     mask = dec * eta[None, :]
     pqk = mm(qt, tl.trans(kt), PREC)
     # ---- the dual-form reads
@@ -558,10 +558,7 @@ def mlp_backward_state_kernel(
         eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
         alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
-        if DECAYED:
-            s_anchor = tl.load(alpha_ptr + (b * T + s0) * H + h)
-        else:
-            s_anchor = 1.0
+        s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, False)
         last = rc == s1 - s0 - 1
         lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
         elc = tl.exp(lbl)
