@@ -9,15 +9,15 @@ What runs where (docs/kernels.md has the equations):
 =============================  =============================  ================================
                                forward                        backward
 =============================  =============================  ================================
-ℓ2 retention (both anchors),   Triton (state pass + parallel  Triton (matrix: state-gradient
-no lag token, head dims <= 64  dual-form reads)               pass + chunk-parallel gradients;
-(matrix: DeltaNet, Gated                                      MLP: one fused kernel, segments
-DeltaNet, ...; MLP: Yaad,                                     in reverse)
-TTT-MLP)
+ℓ2 retention (both anchors),   Triton (state pass + parallel  Triton (a state-gradient pass,
+no lag token, head dims <= 64  dual-form reads)               segments in reverse, and the
+(matrix: DeltaNet, Gated                                      segment-parallel gradients;
+DeltaNet, GLA, ...; MLP: Yaad,                                for the MLP the reads first,
+TTT-MLP)                                                      then the state gradient)
 ℓq / KL links (Moneta,         Triton (state pass + reads;    torch autograd, chunk by chunk,
 Memora, ...), a lag token,     per-token states or norms      from the stored chunk states
-head dims above 64, or         where the link needs them;
-channel-wise η, α              channel-wise masks summed
+head dims above 64, or an MLP  where the link needs them;
+memory with channel-wise η, α  channel-wise masks summed
                                channel by channel)
 anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
@@ -252,9 +252,15 @@ class Launch:
     block_hidden: int = 64
     #: use the torch recomputation for the gradients even where a backward kernel exists
     torch_backward: bool = False
-    #: channel-wise gates ``[B, T, H, D]`` (forward kernels only; torch recomputes the
-    #: gradients)
+    #: channel-wise gates ``[B, T, H, D]`` (every forward kernel and the matrix backward
+    #: kernels; the MLP gradients are recomputed with torch)
     gate_cw: bool = False
+
+    def kernel_backward(self, plan: Plan) -> bool:
+        """The gradients of this call come from the backward kernels (else the torch
+        recomputation, :func:`_torch_backward`)."""
+        return (plan.triton_backward and not self.torch_backward
+                and not (self.gate_cw and plan.kind == "mlp"))
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -373,8 +379,9 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     delta_arg = eta if delta is None else delta
-    consts = dict(BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, BC=L.block_c,
-                  BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+    consts = dict(BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, GATE_CW=L.gate_cw,
+                  BC=L.block_c, BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec,
+                  num_warps=L.num_warps, num_stages=1)
     matrix_backward_state_kernel[(L.B * L.H,)](
         q, k, v, eta, alpha, delta_arg, L.bounds, states, gy,
         gy if gzt is None else gzt.contiguous(), gzs, gz0,
@@ -628,7 +635,7 @@ class ChunkedScan(torch.autograd.Function):
         if plan.kind == "mlp":
             *saved, dz = saved
         out = None
-        if plan.triton_backward and not (launch.torch_backward or launch.gate_cw):
+        if launch.kernel_backward(plan):
             try:
                 if plan.kind == "matrix":
                     out = _matrix_backward(plan, launch, saved, gy, gzt[0])

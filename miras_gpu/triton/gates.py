@@ -25,18 +25,23 @@ import triton.language as tl
 
 
 @triton.jit
-def gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD: tl.constexpr, CW: tl.constexpr):
-    """``(η, lb)`` of the segment's tokens ``tok [BC]`` (valid where ``mt``): ``[BC]`` each,
-    or ``[BC, BD]`` channel-wise. Padded tokens get ``η = 0, α = 1``."""
+def gate_tile(ptr, tok, mt, D, other, BD: tl.constexpr, CW: tl.constexpr):
+    """One gate of the segment's tokens ``tok [BC]``: ``[BC]``, or ``[BC, BD]``
+    channel-wise; ``other`` where the token is not valid (``mt``) or the channel padded."""
     if CW:
         rd = tl.arange(0, BD)
         m = mt[:, None] & (rd < D)[None, :]
-        off = tok[:, None] * D + rd[None, :]
-        eta = tl.load(eta_ptr + off, mask=m, other=0.0)
-        lb = tl.cumsum(tl.log(tl.load(alpha_ptr + off, mask=m, other=1.0)), axis=0)
+        return tl.load(ptr + tok[:, None] * D + rd[None, :], mask=m, other=other)
     else:
-        eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
-        lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok, mask=mt, other=1.0)), axis=0)
+        return tl.load(ptr + tok, mask=mt, other=other)
+
+
+@triton.jit
+def gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD: tl.constexpr, CW: tl.constexpr):
+    """``(η, lb)`` of the segment's tokens ``tok [BC]`` (valid where ``mt``): ``[BC]`` each,
+    or ``[BC, BD]`` channel-wise. Padded tokens get ``η = 0, α = 1``."""
+    eta = gate_tile(eta_ptr, tok, mt, D, 0.0, BD, CW)
+    lb = tl.cumsum(tl.log(gate_tile(alpha_ptr, tok, mt, D, 1.0, BD, CW)), axis=0)
     return eta, lb
 
 
@@ -152,3 +157,39 @@ def channel_mixed_read(s, x_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexp
                      axis=1)
         r = tl.where((rd == c)[None, :], col[:, None], r)
     return r
+
+
+@triton.jit
+def channel_scores_grad(gp, q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexpr,
+                        BD: tl.constexpr):
+    """The backward of :func:`channel_scores` for ``gp = ∂L/∂P [BC, BC]``: with
+    ``gM[t, i, c] = gp[t, i] q_t[c] k_i[c]`` (the gradient of the mask),
+
+        gq[t, c]  = Σ_i gp[t, i] M[t, i, c] k_i[c]
+        gk[i, c]  = Σ_t gp[t, i] M[t, i, c] q_t[c]
+        gη[i, c]  = Σ_t gM[t, i, c] exp(lb_t[c] - lb_i[c])
+        glb[t, c] = Σ_i gM[t, i, c] M[t, i, c] - Σ_i gM[i, t, c] M[i, t, c]
+
+    (``M`` is exponential in ``lb_t - lb_i``). Returns the four ``[BC, BD]`` tiles, summed
+    channel by channel as the scores are."""
+    rd = tl.arange(0, BD)
+    gq = tl.zeros([BC, BD], dtype=tl.float32)
+    gk = tl.zeros([BC, BD], dtype=tl.float32)
+    geta = tl.zeros([BC, BD], dtype=tl.float32)
+    glb = tl.zeros([BC, BD], dtype=tl.float32)
+    for c in range(0, D):
+        qc = tl.load(q_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
+        kc = tl.load(k_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
+        eta = tl.load(eta_ptr + tok * D + c, mask=mt, other=0.0)
+        lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok * D + c, mask=mt, other=1.0)), axis=0)
+        dec = decay_mask(lb, mt, BC)
+        m = dec * eta[None, :]
+        gpm = gp * m
+        gm = gp * qc[:, None] * kc[None, :]
+        gmm = gm * m
+        col = (rd == c)[None, :]
+        gq = tl.where(col, tl.sum(gpm * kc[None, :], axis=1)[:, None], gq)
+        gk = tl.where(col, tl.sum(gpm * qc[:, None], axis=0)[:, None], gk)
+        geta = tl.where(col, tl.sum(gm * dec, axis=0)[:, None], geta)
+        glb = tl.where(col, (tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0))[:, None], glb)
+    return gq, gk, geta, glb

@@ -38,7 +38,9 @@ from ._math import bias_grad, bias_grad_bwd, delta_tile, link, mm, segment_tiles
 from .gates import (
     anchor_scale,
     channel_scores,
+    channel_scores_grad,
     decay_mask,
+    gate_tile,
     gate_tiles,
     scale_cols,
     token_gates,
@@ -154,8 +156,14 @@ def matrix_output_kernel(
 def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h, s0, s1, z0,
                T, H, DK, DV, P, SHARP, EPS,
                BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-               BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """The forward quantities of one identity-link segment, recomputed from its ``Z0``."""
+               GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               PREC: tl.constexpr):
+    """The forward quantities of one identity-link segment, recomputed from its ``Z0``. The
+    gate tiles (``eta``, ``alpha``, ``lb``, ``el = E``, ``wl = exp(lb_C - lb)``) are ``[BC]``,
+    or ``[BC, BK]`` with ``GATE_CW``; ``lbl`` and the anchor's scale ``s_anchor`` are scalars
+    or ``[BK]``. The scores ``M ⊙ P`` are ``pqk * mask``: ``P = Q Kᵀ`` and the mask
+    ``M = dec ⊙ η`` for scalar gates; channel-wise, ``pqk`` holds the scores themselves
+    (:func:`~miras_gpu.triton.gates.channel_scores`) and ``mask`` is 1."""
     rc = tl.arange(0, BC)
     rv = tl.arange(0, BV)
     t = s0 + rc
@@ -166,19 +174,24 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
     vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, DV, BC, BV)
     gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, DV, BC, BV)
-    eta = tl.load(eta_ptr + tok, mask=mt, other=0.0)
-    alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
+    eta = gate_tile(eta_ptr, tok, mt, DK, 0.0, BK, GATE_CW)
+    alpha = gate_tile(alpha_ptr, tok, mt, DK, 1.0, BK, GATE_CW)
     delta = delta_tile(delta_ptr, tok, mt, rv, DV, DELTA_CW, BIAS)
-    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, DK, BK, DECAYED, False)
-    a = s_anchor * z0
+    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, DK, BK, DECAYED, GATE_CW)
+    a = scale_cols(z0, s_anchor, GATE_CW)
     e = mm(kt, tl.trans(a), PREC) - vt
     dy = tl.where(vmask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
     lb = tl.cumsum(tl.log(alpha), axis=0)
     last = rc == s1 - s0 - 1
-    lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
-    dec = decay_mask(lb, mt, BC)
-    mask = dec * eta[None, :]
-    pqk = mm(qt, tl.trans(kt), PREC)
+    lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
+    if GATE_CW:  # the scores M ⊙ P summed channel by channel; no [BC, BC] mask of their own
+        dec = 0.0
+        mask = 1.0
+        pqk = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK, BC)
+    else:
+        dec = decay_mask(lb, mt, BC)
+        mask = dec * eta[None, :]
+        pqk = mm(qt, tl.trans(kt), PREC)
     el = tl.exp(lb)
     wl = tl.exp(lbl - lb)
     return (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
@@ -192,17 +205,20 @@ def matrix_backward_state_kernel(
     T, H, DK, DV, NSEG,
     P, SHARP, EPS,
     BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr, HAS_GZT: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """The gradient of every segment's end state, segments in reverse (grid ``B·H``).
 
     Stores ``gZ_end`` of segment ``s`` in ``gzs[b, h, s]`` and the initial state's gradient:
-    ``gdY = -(M ⊙ P)ᵀ gY - w ⊙ (K gZᵀ)``, ``ge = J_eᵀ gdY``,
-    ``gZ0 = (E ⊙ gY)ᵀ Q + E_C gZ + s0 geᵀ K``.
+    ``gdY = -(M ⊙ P)ᵀ gY - (w ⊙ K) gZᵀ``, ``ge = J_eᵀ gdY``,
+    ``gZ0 = gYᵀ (E ⊙ Q) + E_C ⊙ gZ + s0 ⊙ (geᵀ K)`` (``⊙`` on the key axis; channel-wise
+    gates give the scores ``M ⊙ P`` by :func:`~miras_gpu.triton.gates.channel_scores`).
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
+    rc = tl.arange(0, BC)
     rk = tl.arange(0, BK)
     rv = tl.arange(0, BV)
     zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
@@ -219,18 +235,25 @@ def matrix_backward_state_kernel(
         z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
         (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
          el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
-                              s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
-                              BC, BK, BV, PREC)
+                          s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
+                          GATE_CW, BC, BK, BV, PREC)
         w = eta * wl
-        kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
-        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
+        if GATE_CW:
+            gdy = -mm(tl.trans(pqk * mask), gy, PREC) - mm(kt * w, tl.trans(gz), PREC)
+        else:
+            kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
+            gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
         ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
-        vmask = (s0 + tl.arange(0, BC) < s1)[:, None] & (rv < DV)[None, :]
+        vmask = (s0 + rc < s1)[:, None] & (rv < DV)[None, :]
         ge = tl.where(vmask, ge, 0.0)
         ga = mm(tl.trans(ge), kt, PREC)  # [BV, BK]
         # the gradient of the segment's start state is the previous segment's end gradient
-        gz = (mm(tl.trans(gy * el[:, None]), qt, PREC)
-              + tl.exp(lbl) * gz + s_anchor * ga)
+        if GATE_CW:
+            gz = (mm(tl.trans(gy), qt * el, PREC) + scale_cols(gz, tl.exp(lbl), True)
+                  + scale_cols(ga, s_anchor, True))
+        else:
+            gz = (mm(tl.trans(gy * el[:, None]), qt, PREC)
+                  + tl.exp(lbl) * gz + s_anchor * ga)
     tl.store(gz0_ptr + bh * DV * DK + zoff, gz, mask=zmask)
 
 
@@ -241,7 +264,8 @@ def matrix_backward_kernel(
     T, H, DK, DV, NSEG,
     P, SHARP, EPS,
     BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Input gradients of one identity-link segment (grid ``NSEG × B·H``).
 
@@ -249,7 +273,10 @@ def matrix_backward_kernel(
     state: ``gMP = -gY dYᵀ`` (the gradient of ``M ⊙ P``, ``P = Q Kᵀ``),
     ``gQ = (gMP ⊙ M) K + E ⊙ (gY Z0)``, ``gK = (gMP ⊙ M)ᵀ Q - w ⊙ (dY gZ) + ge A``,
     ``gV = -ge`` (``+gdY`` for the dot product), and the gate gradients through ``M``, ``E``
-    and ``w`` (``lb`` to ``log α`` by a reverse cumulative sum).
+    and ``w`` (``lb`` to ``log α`` by a reverse cumulative sum). Channel-wise gates
+    (``GATE_CW``) take the ``M`` parts channel by channel
+    (:func:`~miras_gpu.triton.gates.channel_scores_grad`); every other term is the same with
+    the gates as ``[BC, BK]`` tiles.
     """
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -271,43 +298,72 @@ def matrix_backward_kernel(
     gz = tl.load(gzs_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
     (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
      el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
-                          s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
-                          BC, BK, BV, PREC)
+                      s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
+                      GATE_CW, BC, BK, BV, PREC)
     w = eta * wl
-    kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
-    gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
+    if GATE_CW:
+        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - mm(kt * w, tl.trans(gz), PREC)
+    else:
+        kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
+        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
     ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
     ge = tl.where(vmask, ge, 0.0)
     gmp = -mm(gy, tl.trans(dy), PREC)  # ∂L/∂(M ⊙ P)
-    gp = gmp * mask
-    gm = gmp * pqk
-    gq = mm(gp, kt, PREC)
-    gq += el[:, None] * mm(gy, z0, PREC)
+    if GATE_CW:  # M[t, i, c] = η_i[c] exp(lb_t[c] - lb_i[c]), channel by channel
+        gq, gk, geta, glb = channel_scores_grad(gmp, q_ptr, k_ptr, eta_ptr, alpha_ptr, tok,
+                                                mt, DK, BC, BK)
+        gyz = mm(gy, z0, PREC)  # [BC, BK]
+        gq += el * gyz
+    else:
+        gp = gmp * mask
+        gm = gmp * pqk
+        gq = mm(gp, kt, PREC)
+        gq += el[:, None] * mm(gy, z0, PREC)
     tl.store(gq_ptr + tok[:, None] * DK + rk[None, :], gq.to(gq_ptr.dtype.element_ty),
              mask=kmask)
-    gk = mm(tl.trans(gp), qt, PREC)
-    gk -= w[:, None] * mm(dy, gz, PREC)
+    if GATE_CW:
+        dygz = mm(dy, gz, PREC)  # [BC, BK]
+        gk -= w * dygz
+    else:
+        gk = mm(tl.trans(gp), qt, PREC)
+        gk -= w[:, None] * mm(dy, gz, PREC)
     gk += mm(ge, a, PREC)
     tl.store(gk_ptr + tok[:, None] * DK + rk[None, :], gk.to(gk_ptr.dtype.element_ty),
              mask=kmask)
     tl.store(gv_ptr + tok[:, None] * DV + rv[None, :], gv.to(gv_ptr.dtype.element_ty),
              mask=vmask)
-    # gate gradients: M[t, i] = η_i exp(lb_t - lb_i), E_t = exp(lb_t), w_i = η_i exp(lb_C - lb_i)
-    gw = -tl.sum(dy * kgz, axis=1)
-    geta = tl.sum(gm * dec, axis=0) + gw * wl
-    gmm = gm * mask
-    qz = mm(qt, tl.trans(z0), PREC)
-    glb = tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0) + el * tl.sum(gy * qz, axis=1)
-    glb = glb - gw * w
-    end = tl.exp(lbl) * tl.sum(tl.sum(gz * z0, axis=1), axis=0) + tl.sum(gw * w, axis=0)
-    glb = tl.where(last, glb + end, glb)
+    # gate gradients through M, E_t = exp(lb_t) and w_i = η_i exp(lb_C - lb_i); gw = ∂L/∂w
+    if GATE_CW:
+        gw = -kt * dygz
+        geta += gw * wl
+        glb += el * gyz * qt - gw * w
+        end = tl.exp(lbl) * tl.sum(gz * z0, axis=0) + tl.sum(gw * w, axis=0)  # [BK]
+        glb = tl.where(last[:, None], glb + end[None, :], glb)
+    else:  # M[t, i] = η_i exp(lb_t - lb_i)
+        gw = -tl.sum(dy * kgz, axis=1)
+        geta = tl.sum(gm * dec, axis=0) + gw * wl
+        gmm = gm * mask
+        qz = mm(qt, tl.trans(z0), PREC)
+        glb = tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0) + el * tl.sum(gy * qz, axis=1)
+        glb = glb - gw * w
+        end = tl.exp(lbl) * tl.sum(tl.sum(gz * z0, axis=1), axis=0) + tl.sum(gw * w, axis=0)
+        glb = tl.where(last, glb + end, glb)
     gla = tl.sum(glb, axis=0) - tl.cumsum(glb, axis=0) + glb  # Σ_{t >= j} glb_t
     galpha = gla / alpha
-    if DECAYED:  # the anchor α_{t'+1} Z0
+    if DECAYED:  # the anchor α_{t'+1} Z0: one more term at the first token
         ga = mm(tl.trans(ge), kt, PREC)
-        galpha = tl.where(rc == 0, galpha + tl.sum(tl.sum(ga * z0, axis=1), axis=0), galpha)
-    tl.store(geta_ptr + tok, geta, mask=mt)
-    tl.store(galpha_ptr + tok, galpha, mask=mt)
+        if GATE_CW:
+            galpha = tl.where((rc == 0)[:, None], galpha + tl.sum(ga * z0, axis=0)[None, :],
+                              galpha)
+        else:
+            galpha = tl.where(rc == 0, galpha + tl.sum(tl.sum(ga * z0, axis=1), axis=0),
+                              galpha)
+    if GATE_CW:
+        tl.store(geta_ptr + tok[:, None] * DK + rk[None, :], geta, mask=kmask)
+        tl.store(galpha_ptr + tok[:, None] * DK + rk[None, :], galpha, mask=kmask)
+    else:
+        tl.store(geta_ptr + tok, geta, mask=mt)
+        tl.store(galpha_ptr + tok, galpha, mask=mt)
     if BIAS >= 4:
         if DELTA_CW:
             tl.store(gdelta_ptr + tok[:, None] * DV + rv[None, :], gdelta, mask=vmask)
