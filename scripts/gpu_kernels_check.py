@@ -167,7 +167,7 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     worst_grad = max(grad_errs.values())
     worst_name = max(grad_errs, key=grad_errs.get)
     plan = triton_ops.plan_for(cfg)
-    backward = "triton" if plan.triton_backward and not cw_gates else "torch recompute"
+    backward = "triton" if tchunked.backward_kernels(plan, cw_gates) else "torch recompute"
     return dict(name=name, dtype=str(dtype).replace("torch.", ""), size=size, d=cfg.memory.d_k,
                 ok=ok, worst_out=worst_out, worst_grad=worst_grad, worst_grad_name=worst_name,
                 tol_out=tol_out, tol_grad=tol_grad, seconds=secs,

@@ -235,6 +235,13 @@ def segments(T: int, chunk_size: int, lag_token: bool) -> tuple[list[int], int]:
     return bounds, n_chunks
 
 
+def backward_kernels(plan: Plan, channel_gates: bool = False) -> bool:
+    """The hand-written backward kernels cover ``plan`` with scalar or (``channel_gates``)
+    channel-wise η, α: :attr:`Plan.triton_backward`, and for channel-wise gates a matrix
+    memory (the MLP gradients are then recomputed with torch)."""
+    return plan.triton_backward and not (channel_gates and plan.kind == "mlp")
+
+
 @dataclass
 class Launch:
     """Sizes of one call."""
@@ -259,8 +266,7 @@ class Launch:
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
-        return (plan.triton_backward and not self.torch_backward
-                and not (self.gate_cw and plan.kind == "mlp"))
+        return not self.torch_backward and backward_kernels(plan, self.gate_cw)
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -366,7 +372,11 @@ def _input_grads(q, k, v, eta, alpha, delta) -> tuple:
 
 
 def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
-    from .matrix import matrix_backward_kernel, matrix_backward_state_kernel
+    from .matrix import (
+        matrix_backward_kernel,
+        matrix_backward_reads_kernel,
+        matrix_backward_state_kernel,
+    )
 
     q, k, v, eta, alpha, delta, states = saved
     mem = plan.config.memory
@@ -379,17 +389,26 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     delta_arg = eta if delta is None else delta
-    consts = dict(BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, GATE_CW=L.gate_cw,
-                  BC=L.block_c, BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec,
-                  num_warps=L.num_warps, num_stages=1)
+    consts = dict(BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, BC=L.block_c,
+                  BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+    grid = (L.n_seg, L.B * L.H)
+    if L.gate_cw:  # the read parts of dY, k, η and the log-decays, every segment at once
+        gdyr = _empty((L.B, L.T, L.H, dv), f32, dev)
+        gkr, getar, glbr = (_empty((L.B, L.T, L.H, dk), f32, dev) for _ in range(3))
+        matrix_backward_reads_kernel[grid](
+            q, k, v, eta, alpha, delta_arg, L.bounds, states, gy, gq, gdyr, gkr, getar, glbr,
+            L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), **consts)
+    else:  # unused
+        gdyr = gkr = getar = glbr = gy
     matrix_backward_state_kernel[(L.B * L.H,)](
-        q, k, v, eta, alpha, delta_arg, L.bounds, states, gy,
+        q, k, v, eta, alpha, delta_arg, L.bounds, states, gy, gdyr,
         gy if gzt is None else gzt.contiguous(), gzs, gz0,
-        L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), HAS_GZT=gzt is not None, **consts)
-    matrix_backward_kernel[(L.n_seg, L.B * L.H)](
-        q, k, v, eta, alpha, delta_arg, L.bounds, states, gzs, gy, gq, gk, gv, geta, galpha,
-        geta if gdelta is None else gdelta, L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan),
-        **consts)
+        L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), HAS_GZT=gzt is not None,
+        GATE_CW=L.gate_cw, **consts)
+    matrix_backward_kernel[grid](
+        q, k, v, eta, alpha, delta_arg, L.bounds, states, gzs, gy, gdyr, gkr, getar, glbr,
+        gq, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
+        L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), GATE_CW=L.gate_cw, **consts)
     return gq, gk, gv, geta, galpha, gdelta, (gz0,)
 
 

@@ -26,7 +26,9 @@ Kernels:
   :func:`matrix_backward_kernel` (grid ``NSEG × B·H``): the hand-written gradient of the
   identity-link forward (no lag token) with respect to the end state of every segment, then,
   in parallel, with respect to ``q, k, v, η, α, δ``; both recompute each segment from its
-  stored ``Z0``.
+  stored ``Z0``. Channel-wise gates first run :func:`matrix_backward_reads_kernel` (grid
+  ``NSEG × B·H``): the gradients through the reads, whose masks are summed channel by
+  channel, so the sequential pass has no channel loop.
 """
 
 from __future__ import annotations
@@ -161,9 +163,9 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     """The forward quantities of one identity-link segment, recomputed from its ``Z0``. The
     gate tiles (``eta``, ``alpha``, ``lb``, ``el = E``, ``wl = exp(lb_C - lb)``) are ``[BC]``,
     or ``[BC, BK]`` with ``GATE_CW``; ``lbl`` and the anchor's scale ``s_anchor`` are scalars
-    or ``[BK]``. The scores ``M ⊙ P`` are ``pqk * mask``: ``P = Q Kᵀ`` and the mask
-    ``M = dec ⊙ η`` for scalar gates; channel-wise, ``pqk`` holds the scores themselves
-    (:func:`~miras_gpu.triton.gates.channel_scores`) and ``mask`` is 1."""
+    or ``[BK]``. For scalar gates the scores are ``pqk * mask`` with ``P = Q Kᵀ`` and the mask
+    ``M = dec ⊙ η``; channel-wise gates have no ``[BC, BC]`` mask (their scores are summed
+    channel by channel, by :func:`matrix_backward_reads_kernel`), and the three are 0."""
     rc = tl.arange(0, BC)
     rv = tl.arange(0, BV)
     t = s0 + rc
@@ -184,10 +186,10 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
     lb = tl.cumsum(tl.log(alpha), axis=0)
     last = rc == s1 - s0 - 1
     lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
-    if GATE_CW:  # the scores M ⊙ P summed channel by channel; no [BC, BC] mask of their own
+    if GATE_CW:
         dec = 0.0
-        mask = 1.0
-        pqk = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK, BC)
+        mask = 0.0
+        pqk = 0.0
     else:
         dec = decay_mask(lb, mt, BC)
         mask = dec * eta[None, :]
@@ -199,9 +201,64 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
+def matrix_backward_reads_kernel(
+    q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, states_ptr, gy_ptr,
+    gq_ptr, gdyr_ptr, gkr_ptr, getar_ptr, glbr_ptr,
+    T, H, DK, DV, NSEG,
+    P, SHARP, EPS,
+    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Channel-wise gates: the gradients through the reads ``Y = (E ⊙ Q) Z0ᵀ - S dY`` of
+    one segment (grid ``NSEG × B·H``, every segment at once), which need no end-state
+    gradient. With the scores ``S[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]`` and
+    ``gS = -gY dYᵀ``: ``∂L/∂q = gS``'s share (:func:`~miras_gpu.triton.gates.channel_scores_grad`)
+    ``+ E ⊙ (gY Z0)`` (final), and the read parts ``gdyr = -Sᵀ gY`` (of ``dY``), ``gkr``,
+    ``getar``, ``glbr`` (of ``k``, ``η`` and the log-decays, ``[B, T, H, d_k]`` float32) that
+    :func:`matrix_backward_state_kernel` and :func:`matrix_backward_kernel` add to. The
+    channel sums run here once, in parallel, not in the sequential state pass.
+    """
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rc = tl.arange(0, BC)
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
+    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
+    zoff = rv[:, None] * DK + rk[None, :]
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    kmask = mt[:, None] & (rk < DK)[None, :]
+    vmask = mt[:, None] & (rv < DV)[None, :]
+    z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
+    (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
+     el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
+                          s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
+                          True, BC, BK, BV, PREC)
+    scores = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK, BC)
+    tl.store(gdyr_ptr + tok[:, None] * DV + rv[None, :], -mm(tl.trans(scores), gy, PREC),
+             mask=vmask)
+    # M[t, i, c] = η_i[c] exp(lb_t[c] - lb_i[c]), channel by channel; E_t[c] = exp(lb_t[c])
+    gq, gk, geta, glb = channel_scores_grad(-mm(gy, tl.trans(dy), PREC), q_ptr, k_ptr,
+                                            eta_ptr, alpha_ptr, tok, mt, DK, BC, BK)
+    gyz = mm(gy, z0, PREC)  # [BC, BK]
+    gq += el * gyz
+    glb += el * gyz * qt
+    koff = tok[:, None] * DK + rk[None, :]
+    tl.store(gq_ptr + koff, gq.to(gq_ptr.dtype.element_ty), mask=kmask)
+    tl.store(gkr_ptr + koff, gk, mask=kmask)
+    tl.store(getar_ptr + koff, geta, mask=kmask)
+    tl.store(glbr_ptr + koff, glb, mask=kmask)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
 def matrix_backward_state_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, states_ptr,
-    gy_ptr, gzt_ptr, gzs_ptr, gz0_ptr,
+    gy_ptr, gdyr_ptr, gzt_ptr, gzs_ptr, gz0_ptr,
     T, H, DK, DV, NSEG,
     P, SHARP, EPS,
     BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr, HAS_GZT: tl.constexpr,
@@ -213,7 +270,7 @@ def matrix_backward_state_kernel(
     Stores ``gZ_end`` of segment ``s`` in ``gzs[b, h, s]`` and the initial state's gradient:
     ``gdY = -(M ⊙ P)ᵀ gY - (w ⊙ K) gZᵀ``, ``ge = J_eᵀ gdY``,
     ``gZ0 = gYᵀ (E ⊙ Q) + E_C ⊙ gZ + s0 ⊙ (geᵀ K)`` (``⊙`` on the key axis; channel-wise
-    gates give the scores ``M ⊙ P`` by :func:`~miras_gpu.triton.gates.channel_scores`).
+    gates: ``-(M ⊙ P)ᵀ gY`` is ``gdyr`` of :func:`matrix_backward_reads_kernel`).
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -238,13 +295,15 @@ def matrix_backward_state_kernel(
                           s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
                           GATE_CW, BC, BK, BV, PREC)
         w = eta * wl
+        vmask = (s0 + rc < s1)[:, None] & (rv < DV)[None, :]
         if GATE_CW:
-            gdy = -mm(tl.trans(pqk * mask), gy, PREC) - mm(kt * w, tl.trans(gz), PREC)
+            tok = (b * T + s0 + rc) * H + h
+            gdy = (tl.load(gdyr_ptr + tok[:, None] * DV + rv[None, :], mask=vmask, other=0.0)
+                   - mm(kt * w, tl.trans(gz), PREC))
         else:
             kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
             gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
         ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
-        vmask = (s0 + rc < s1)[:, None] & (rv < DV)[None, :]
         ge = tl.where(vmask, ge, 0.0)
         ga = mm(tl.trans(ge), kt, PREC)  # [BV, BK]
         # the gradient of the segment's start state is the previous segment's end gradient
@@ -260,7 +319,8 @@ def matrix_backward_state_kernel(
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def matrix_backward_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, states_ptr, gzs_ptr,
-    gy_ptr, gq_ptr, gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
+    gy_ptr, gdyr_ptr, gkr_ptr, getar_ptr, glbr_ptr,
+    gq_ptr, gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
     T, H, DK, DV, NSEG,
     P, SHARP, EPS,
     BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
@@ -274,9 +334,8 @@ def matrix_backward_kernel(
     ``gQ = (gMP ⊙ M) K + E ⊙ (gY Z0)``, ``gK = (gMP ⊙ M)ᵀ Q - w ⊙ (dY gZ) + ge A``,
     ``gV = -ge`` (``+gdY`` for the dot product), and the gate gradients through ``M``, ``E``
     and ``w`` (``lb`` to ``log α`` by a reverse cumulative sum). Channel-wise gates
-    (``GATE_CW``) take the ``M`` parts channel by channel
-    (:func:`~miras_gpu.triton.gates.channel_scores_grad`); every other term is the same with
-    the gates as ``[BC, BK]`` tiles.
+    (``GATE_CW``) add to the read parts of :func:`matrix_backward_reads_kernel` (which also
+    wrote ``∂L/∂q``) the terms of ``gZ``, with the gates as ``[BC, BK]`` tiles.
     """
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -302,29 +361,24 @@ def matrix_backward_kernel(
                       GATE_CW, BC, BK, BV, PREC)
     w = eta * wl
     if GATE_CW:
-        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - mm(kt * w, tl.trans(gz), PREC)
+        gdy = (tl.load(gdyr_ptr + tok[:, None] * DV + rv[None, :], mask=vmask, other=0.0)
+               - mm(kt * w, tl.trans(gz), PREC))
     else:
         kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
         gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
     ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
     ge = tl.where(vmask, ge, 0.0)
-    gmp = -mm(gy, tl.trans(dy), PREC)  # ∂L/∂(M ⊙ P)
-    if GATE_CW:  # M[t, i, c] = η_i[c] exp(lb_t[c] - lb_i[c]), channel by channel
-        gq, gk, geta, glb = channel_scores_grad(gmp, q_ptr, k_ptr, eta_ptr, alpha_ptr, tok,
-                                                mt, DK, BC, BK)
-        gyz = mm(gy, z0, PREC)  # [BC, BK]
-        gq += el * gyz
+    if GATE_CW:
+        dygz = mm(dy, gz, PREC)  # [BC, BK]
+        gk = tl.load(gkr_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0) - w * dygz
     else:
+        gmp = -mm(gy, tl.trans(dy), PREC)  # ∂L/∂(M ⊙ P)
         gp = gmp * mask
         gm = gmp * pqk
         gq = mm(gp, kt, PREC)
         gq += el[:, None] * mm(gy, z0, PREC)
-    tl.store(gq_ptr + tok[:, None] * DK + rk[None, :], gq.to(gq_ptr.dtype.element_ty),
-             mask=kmask)
-    if GATE_CW:
-        dygz = mm(dy, gz, PREC)  # [BC, BK]
-        gk -= w * dygz
-    else:
+        tl.store(gq_ptr + tok[:, None] * DK + rk[None, :], gq.to(gq_ptr.dtype.element_ty),
+                 mask=kmask)
         gk = mm(tl.trans(gp), qt, PREC)
         gk -= w[:, None] * mm(dy, gz, PREC)
     gk += mm(ge, a, PREC)
@@ -335,8 +389,8 @@ def matrix_backward_kernel(
     # gate gradients through M, E_t = exp(lb_t) and w_i = η_i exp(lb_C - lb_i); gw = ∂L/∂w
     if GATE_CW:
         gw = -kt * dygz
-        geta += gw * wl
-        glb += el * gyz * qt - gw * w
+        geta = tl.load(getar_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0) + gw * wl
+        glb = tl.load(glbr_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0) - gw * w
         end = tl.exp(lbl) * tl.sum(gz * z0, axis=0) + tl.sum(gw * w, axis=0)  # [BK]
         glb = tl.where(last[:, None], glb + end[None, :], glb)
     else:  # M[t, i] = η_i exp(lb_t - lb_i)
