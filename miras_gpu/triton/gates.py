@@ -160,36 +160,62 @@ def channel_mixed_read(s, x_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexp
 
 
 @triton.jit
-def channel_scores_grad(gp, q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexpr,
+def channel_scores_tile(x, y_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexpr,
                         BD: tl.constexpr):
-    """The backward of :func:`channel_scores` for ``gp = ∂L/∂P [BC, BC]``: with
-    ``gM[t, i, c] = gp[t, i] q_t[c] k_i[c]`` (the gradient of the mask),
+    """:func:`channel_scores` with the first factor a register tile: ``S[t, i] =
+    Σ_c x[t, c] y_i[c] M[t, i, c]`` (``[BC, BC]``) for ``x [BC, BD]`` and ``y [B, T, H, D]``
+    float32 of the tokens ``tok``."""
+    rd = tl.arange(0, BD)
+    p = tl.zeros([BC, BC], dtype=tl.float32)
+    for c in range(0, D):
+        xc = tl.sum(tl.where((rd == c)[None, :], x, 0.0), axis=1)
+        yc = tl.load(y_ptr + tok * D + c, mask=mt, other=0.0)
+        p += xc[:, None] * yc[None, :] * _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, BC)
+    return p
 
-        gq[t, c]  = Σ_i gp[t, i] M[t, i, c] k_i[c]
-        gk[i, c]  = Σ_t gp[t, i] M[t, i, c] q_t[c]
+
+@triton.jit
+def channel_reads_grad(gp, gr, s, q_ptr, k_ptr, x_ptr, eta_ptr, alpha_ptr, tok, mt, D,
+                       BC: tl.constexpr, BD: tl.constexpr, MIXED: tl.constexpr):
+    """The backward of the channel-wise reads, one pass over the channels: of the scores
+    ``P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]`` (:func:`channel_scores`; the matrix memory's
+    read, the MLP's through ``W2``) for ``gp = ∂L/∂P``, and with ``MIXED`` of the mixed read
+    ``R[t, c] = Σ_i s[t, i] M[t, i, c] x_i[c]`` (:func:`channel_mixed_read`, the MLP's through
+    ``W1``) for ``gr = ∂L/∂R [BC, BD]`` (without ``MIXED``, ``gr``, ``s`` and ``x`` are unused
+    and ``gx`` is 0). With the mask's gradient
+    ``gM[t, i, c] = gp[t, i] q_t[c] k_i[c] + gr[t, c] s[t, i] x_i[c]``:
+
+        gq[t, c]  = Σ_i gp[t, i] M[t, i, c] k_i[c]      gk[i, c] = Σ_t gp[t, i] M[t, i, c] q_t[c]
+        gx[i, c]  = Σ_t gr[t, c] s[t, i] M[t, i, c]
         gη[i, c]  = Σ_t gM[t, i, c] exp(lb_t[c] - lb_i[c])
         glb[t, c] = Σ_i gM[t, i, c] M[t, i, c] - Σ_i gM[i, t, c] M[i, t, c]
 
-    (``M`` is exponential in ``lb_t - lb_i``). Returns the four ``[BC, BD]`` tiles, summed
-    channel by channel as the scores are."""
+    (the gradient of ``s`` is :func:`channel_scores_tile` of ``gr`` and ``x``). Returns
+    ``gq, gk, gx, gη, glb``, ``[BC, BD]`` each."""
     rd = tl.arange(0, BD)
     gq = tl.zeros([BC, BD], dtype=tl.float32)
     gk = tl.zeros([BC, BD], dtype=tl.float32)
+    gx = tl.zeros([BC, BD], dtype=tl.float32)
     geta = tl.zeros([BC, BD], dtype=tl.float32)
     glb = tl.zeros([BC, BD], dtype=tl.float32)
     for c in range(0, D):
         qc = tl.load(q_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
         kc = tl.load(k_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
+        col = (rd == c)[None, :]
         eta = tl.load(eta_ptr + tok * D + c, mask=mt, other=0.0)
         lb = tl.cumsum(tl.log(tl.load(alpha_ptr + tok * D + c, mask=mt, other=1.0)), axis=0)
         dec = decay_mask(lb, mt, BC)
         m = dec * eta[None, :]
         gpm = gp * m
         gm = gp * qc[:, None] * kc[None, :]
+        if MIXED:
+            xc = tl.load(x_ptr + tok * D + c, mask=mt, other=0.0)
+            sg = s * tl.sum(tl.where(col, gr, 0.0), axis=1)[:, None]
+            gm += sg * xc[None, :]
+            gx = tl.where(col, tl.sum(sg * m, axis=0)[:, None], gx)
         gmm = gm * m
-        col = (rd == c)[None, :]
         gq = tl.where(col, tl.sum(gpm * kc[None, :], axis=1)[:, None], gq)
         gk = tl.where(col, tl.sum(gpm * qc[:, None], axis=0)[:, None], gk)
         geta = tl.where(col, tl.sum(gm * dec, axis=0)[:, None], geta)
         glb = tl.where(col, (tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0))[:, None], glb)
-    return gq, gk, geta, glb
+    return gq, gk, gx, geta, glb

@@ -39,8 +39,8 @@ import triton.language as tl
 from ._math import bias_grad, bias_grad_bwd, delta_tile, link, mm, segment_tiles
 from .gates import (
     anchor_scale,
+    channel_reads_grad,
     channel_scores,
-    channel_scores_grad,
     decay_mask,
     gate_tile,
     gate_tiles,
@@ -212,11 +212,12 @@ def matrix_backward_reads_kernel(
     """Channel-wise gates: the gradients through the reads ``Y = (E ⊙ Q) Z0ᵀ - S dY`` of
     one segment (grid ``NSEG × B·H``, every segment at once), which need no end-state
     gradient. With the scores ``S[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]`` and
-    ``gS = -gY dYᵀ``: ``∂L/∂q = gS``'s share (:func:`~miras_gpu.triton.gates.channel_scores_grad`)
-    ``+ E ⊙ (gY Z0)`` (final), and the read parts ``gdyr = -Sᵀ gY`` (of ``dY``), ``gkr``,
-    ``getar``, ``glbr`` (of ``k``, ``η`` and the log-decays, ``[B, T, H, d_k]`` float32) that
-    :func:`matrix_backward_state_kernel` and :func:`matrix_backward_kernel` add to. The
-    channel sums run here once, in parallel, not in the sequential state pass.
+    ``gS = -gY dYᵀ``: ``∂L/∂q`` = the share of ``gS``
+    (:func:`~miras_gpu.triton.gates.channel_reads_grad`) ``+ E ⊙ (gY Z0)`` (final), and the
+    read parts ``gdyr = -Sᵀ gY`` (of ``dY``), ``gkr``, ``getar``, ``glbr`` (of ``k``, ``η``
+    and the log-decays, ``[B, T, H, d_k]`` float32) that :func:`matrix_backward_state_kernel`
+    and :func:`matrix_backward_kernel` add to. The channel sums run here once, in parallel,
+    not in the sequential state pass.
     """
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -243,8 +244,9 @@ def matrix_backward_reads_kernel(
     tl.store(gdyr_ptr + tok[:, None] * DV + rv[None, :], -mm(tl.trans(scores), gy, PREC),
              mask=vmask)
     # M[t, i, c] = η_i[c] exp(lb_t[c] - lb_i[c]), channel by channel; E_t[c] = exp(lb_t[c])
-    gq, gk, geta, glb = channel_scores_grad(-mm(gy, tl.trans(dy), PREC), q_ptr, k_ptr,
-                                            eta_ptr, alpha_ptr, tok, mt, DK, BC, BK)
+    gq, gk, _, geta, glb = channel_reads_grad(-mm(gy, tl.trans(dy), PREC), 0.0, 0.0, q_ptr,
+                                              k_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK,
+                                              BC, BK, False)
     gyz = mm(gy, z0, PREC)  # [BC, BK]
     gq += el * gyz
     glb += el * gyz * qt
@@ -370,7 +372,8 @@ def matrix_backward_kernel(
     ge = tl.where(vmask, ge, 0.0)
     if GATE_CW:
         dygz = mm(dy, gz, PREC)  # [BC, BK]
-        gk = tl.load(gkr_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0) - w * dygz
+        gk = tl.load(gkr_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0)
+        gk -= w * dygz
     else:
         gmp = -mm(gy, tl.trans(dy), PREC)  # ∂L/∂(M ⊙ P)
         gp = gmp * mask
@@ -389,8 +392,10 @@ def matrix_backward_kernel(
     # gate gradients through M, E_t = exp(lb_t) and w_i = η_i exp(lb_C - lb_i); gw = ∂L/∂w
     if GATE_CW:
         gw = -kt * dygz
-        geta = tl.load(getar_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0) + gw * wl
-        glb = tl.load(glbr_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0) - gw * w
+        geta = tl.load(getar_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0)
+        geta += gw * wl
+        glb = tl.load(glbr_ptr + tok[:, None] * DK + rk[None, :], mask=kmask, other=0.0)
+        glb -= gw * w
         end = tl.exp(lbl) * tl.sum(gz * z0, axis=0) + tl.sum(gw * w, axis=0)  # [BK]
         glb = tl.where(last[:, None], glb + end[None, :], glb)
     else:  # M[t, i] = η_i exp(lb_t - lb_i)
