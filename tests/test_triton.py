@@ -205,10 +205,10 @@ def _refuse_torch_backward(*args, **kwargs):
 def test_channel_wise_gates(name, monkeypatch):
     """Channel-wise ``η, α [B, T, H, D]`` run on the forward kernels (no fallback note) and
     match the torch backend in float64 and ``miras_ref`` (output, final state, every
-    gradient). The gradients of identity-link matrix memories come from the backward
-    kernels (the torch recomputation is refused), the others from the torch recomputation."""
+    gradient). The gradients of identity-link memories come from the backward kernels (the
+    torch recomputation is refused), the others from the torch recomputation."""
     cfg, cw, which = CASES[name]
-    if which == "triton" and isinstance(cfg.memory, MatrixMemory):
+    if which == "triton":
         monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
     heads = 2 if isinstance(cfg.memory, MatrixMemory) else 1
     for seed in range(21, 21 + MAX_DRAWS):

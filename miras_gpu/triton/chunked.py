@@ -237,9 +237,8 @@ def segments(T: int, chunk_size: int, lag_token: bool) -> tuple[list[int], int]:
 
 def backward_kernels(plan: Plan, channel_gates: bool = False) -> bool:
     """The hand-written backward kernels cover ``plan`` with scalar or (``channel_gates``)
-    channel-wise η, α: :attr:`Plan.triton_backward`, and for channel-wise gates a matrix
-    memory (the MLP gradients are then recomputed with torch)."""
-    return plan.triton_backward and not (channel_gates and plan.kind == "mlp")
+    channel-wise η, α (:attr:`Plan.triton_backward`; both forms of the gates)."""
+    return plan.triton_backward
 
 
 @dataclass
@@ -259,8 +258,7 @@ class Launch:
     block_hidden: int = 64
     #: use the torch recomputation for the gradients even where a backward kernel exists
     torch_backward: bool = False
-    #: channel-wise gates ``[B, T, H, D]`` (every forward kernel and the matrix backward
-    #: kernels; the MLP gradients are recomputed with torch)
+    #: channel-wise gates ``[B, T, H, D]`` (every kernel takes them)
     gate_cw: bool = False
 
     def kernel_backward(self, plan: Plan) -> bool:
@@ -481,7 +479,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
     f32 = torch.float32
     B, T, H = L.B, L.T, L.H
     # hidden blocks of 32: at 64 the state kernel needs ~280 KiB of shared memory (H100: 227)
-    bhid = min(32, L.block_hidden)
+    bhid = min(16 if L.gate_cw else 32, L.block_hidden)
     n_blocks = -(-hd // bhid)
     # ping-pong slots of the end-state gradient; slot 0 starts as the final state's gradient
     g1 = _empty((B, H, 2, d, hd), f32, dev)
@@ -495,15 +493,16 @@ def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
     # the read parts, handed from the first kernel to the second
     gkr, gdzr = _empty((B, T, H, d), f32, dev), _empty((B, T, H, d), f32, dev)
     gdhr, gactr = _empty((B, T, H, hd), f32, dev), _empty((B, T, H, hd), f32, dev)
-    getar, glbr = _empty((B, T, H), f32, dev), _empty((B, T, H), f32, dev)
+    gates = (B, T, H, d) if L.gate_cw else (B, T, H)  # η and log-decay parts, per channel
+    getar, glbr = _empty(gates, f32, dev), _empty(gates, f32, dev)
     gz1r = _empty((B, H, L.n_seg, d, hd), f32, dev)
     gz2r = _empty((B, H, L.n_seg, hd, d), f32, dev)
     gq, gk, gv, geta, galpha, gdelta = _input_grads(q, k, v, eta, alpha, delta)
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
-    consts = dict(DECAYED=plan.decayed, BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
-                  num_warps=8 if L.block_c >= 64 else L.num_warps, num_stages=1)
+    consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d), BH=bhid,
+                  PREC=L.prec, num_warps=8 if L.block_c >= 64 else L.num_warps, num_stages=1)
     mlp_backward_reads_kernel[(L.n_seg, B * H)](
         q, k, eta, alpha, L.bounds, s1, s2, dz, gy, gq, *reads,
         T, H, d, hd, L.n_seg, float(mem.eps), **consts)

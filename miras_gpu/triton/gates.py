@@ -134,7 +134,7 @@ def channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexp
     """The dual-form scores of channel-wise gates,
     ``P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]`` (``[BC, BC]``), so that a read of the gated
     axis is ``Z_t x_t = (E_t ⊙ x_t) Z0ᵀ - Σ_i P[t, i] l_i`` for writes ``G_i = l_i k_iᵀ``.
-    ``q, k [B, T, H, D]`` of the tokens ``tok``."""
+    ``q, k [B, T, H, D]`` of the tokens ``tok`` (any pair of token tiles in memory)."""
     p = tl.zeros([BC, BC], dtype=tl.float32)
     for c in range(0, D):
         qc = tl.load(q_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
@@ -160,29 +160,16 @@ def channel_mixed_read(s, x_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexp
 
 
 @triton.jit
-def channel_scores_tile(x, y_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC: tl.constexpr,
-                        BD: tl.constexpr):
-    """:func:`channel_scores` with the first factor a register tile: ``S[t, i] =
-    Σ_c x[t, c] y_i[c] M[t, i, c]`` (``[BC, BC]``) for ``x [BC, BD]`` and ``y [B, T, H, D]``
-    float32 of the tokens ``tok``."""
-    rd = tl.arange(0, BD)
-    p = tl.zeros([BC, BC], dtype=tl.float32)
-    for c in range(0, D):
-        xc = tl.sum(tl.where((rd == c)[None, :], x, 0.0), axis=1)
-        yc = tl.load(y_ptr + tok * D + c, mask=mt, other=0.0)
-        p += xc[:, None] * yc[None, :] * _channel_mask(eta_ptr, alpha_ptr, tok, mt, c, D, BC)
-    return p
-
-
-@triton.jit
-def channel_reads_grad(gp, gr, s, q_ptr, k_ptr, x_ptr, eta_ptr, alpha_ptr, tok, mt, D,
+def channel_reads_grad(gp, gr_ptr, s, q_ptr, k_ptr, x_ptr, eta_ptr, alpha_ptr, tok, mt, D,
                        BC: tl.constexpr, BD: tl.constexpr, MIXED: tl.constexpr):
     """The backward of the channel-wise reads, one pass over the channels: of the scores
     ``P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]`` (:func:`channel_scores`; the matrix memory's
     read, the MLP's through ``W2``) for ``gp = ∂L/∂P``, and with ``MIXED`` of the mixed read
     ``R[t, c] = Σ_i s[t, i] M[t, i, c] x_i[c]`` (:func:`channel_mixed_read`, the MLP's through
-    ``W1``) for ``gr = ∂L/∂R [BC, BD]`` (without ``MIXED``, ``gr``, ``s`` and ``x`` are unused
-    and ``gx`` is 0). With the mask's gradient
+    ``W1``) for ``gr = ∂L/∂R`` (without ``MIXED``, ``gr``, ``s`` and ``x`` are unused and
+    ``gx`` is 0). ``q, k, gr, x [B, T, H, D]`` are read channel by channel from memory (a
+    column of a register tile would cost a shared-memory copy of the tile per channel). With
+    the mask's gradient
     ``gM[t, i, c] = gp[t, i] q_t[c] k_i[c] + gr[t, c] s[t, i] x_i[c]``:
 
         gq[t, c]  = Σ_i gp[t, i] M[t, i, c] k_i[c]      gk[i, c] = Σ_t gp[t, i] M[t, i, c] q_t[c]
@@ -190,7 +177,7 @@ def channel_reads_grad(gp, gr, s, q_ptr, k_ptr, x_ptr, eta_ptr, alpha_ptr, tok, 
         gη[i, c]  = Σ_t gM[t, i, c] exp(lb_t[c] - lb_i[c])
         glb[t, c] = Σ_i gM[t, i, c] M[t, i, c] - Σ_i gM[i, t, c] M[i, t, c]
 
-    (the gradient of ``s`` is :func:`channel_scores_tile` of ``gr`` and ``x``). Returns
+    (the gradient of ``s`` is :func:`channel_scores` of ``gr`` and ``x``). Returns
     ``gq, gk, gx, gη, glb``, ``[BC, BD]`` each."""
     rd = tl.arange(0, BD)
     gq = tl.zeros([BC, BD], dtype=tl.float32)
@@ -210,7 +197,7 @@ def channel_reads_grad(gp, gr, s, q_ptr, k_ptr, x_ptr, eta_ptr, alpha_ptr, tok, 
         gm = gp * qc[:, None] * kc[None, :]
         if MIXED:
             xc = tl.load(x_ptr + tok * D + c, mask=mt, other=0.0)
-            sg = s * tl.sum(tl.where(col, gr, 0.0), axis=1)[:, None]
+            sg = s * tl.load(gr_ptr + tok * D + c, mask=mt, other=0.0)[:, None]
             gm += sg * xc[None, :]
             gx = tl.where(col, tl.sum(sg * m, axis=0)[:, None], gx)
         gmm = gm * m

@@ -244,7 +244,7 @@ def matrix_backward_reads_kernel(
     tl.store(gdyr_ptr + tok[:, None] * DV + rv[None, :], -mm(tl.trans(scores), gy, PREC),
              mask=vmask)
     # M[t, i, c] = η_i[c] exp(lb_t[c] - lb_i[c]), channel by channel; E_t[c] = exp(lb_t[c])
-    gq, gk, _, geta, glb = channel_reads_grad(-mm(gy, tl.trans(dy), PREC), 0.0, 0.0, q_ptr,
+    gq, gk, _, geta, glb = channel_reads_grad(-mm(gy, tl.trans(dy), PREC), k_ptr, 0.0, q_ptr,
                                               k_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, DK,
                                               BC, BK, False)
     gyz = mm(gy, z0, PREC)  # [BC, BK]

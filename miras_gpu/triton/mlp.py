@@ -45,8 +45,10 @@ from ._math import (
 from .gates import (
     anchor_scale,
     channel_mixed_read,
+    channel_reads_grad,
     channel_scores,
     decay_mask,
+    gate_tile,
     gate_tiles,
     scale_cols,
     scale_rows,
@@ -402,8 +404,8 @@ def mlp_backward_reads_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, gy_ptr,
     gq_ptr, gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     T, H, D, HD, NSEG, LN_EPS,
-    DECAYED: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
-    PREC: tl.constexpr,
+    DECAYED: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, PREC: tl.constexpr,
 ):
     """Gradients through the dual-form reads of one segment (grid ``NSEG × B·H``, every
     segment at once): everything of the backward that does not depend on the gradient of the
@@ -413,8 +415,14 @@ def mlp_backward_reads_kernel(
     dH`` from the stored slot and the forward's ``dZ``, then back through ``y = q + LN(Zq)``.
     Writes ``∂L/∂q`` (final) and the read parts that :func:`mlp_backward_state_kernel` adds
     to: of ``k`` (``gkr``), ``dZ`` (``gdzr``), ``dH`` and ``Â`` (``gdhr``, ``gactr``, per
-    token over ``Ed``), ``η`` and the log-decays (``getar``, ``glbr``), and the segment's start
-    state (``gz1r``, ``gz2r``, one slot per segment).
+    token over ``Ed``), ``η`` and the log-decays (``getar``, ``glbr``; ``[B, T, H, d]``
+    channel-wise), and the segment's start state (``gz1r``, ``gz2r``, one slot per segment).
+
+    Channel-wise gates (``GATE_CW``): the reads are ``Hq = (E ⊙ Q) Z2ᵀ - P dH`` and
+    ``Zq = E ⊙ (Aq Z1ᵀ) - R`` with the channel sums ``P`` (:func:`~.gates.channel_scores`)
+    and ``R[t, c] = Σ_i S[t, i] M[t, i, c] dZ_i[c]`` (:func:`~.gates.channel_mixed_read`);
+    ``∂L/∂S = Σ_c -gZq[t, c] dZ_i[c] M[t, i, c]`` and, after the hidden blocks, the mask's
+    gradients by :func:`~.gates.channel_reads_grad`.
     """
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -437,26 +445,35 @@ def mlp_backward_reads_kernel(
     kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
     gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
     dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
-    eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
-    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, False)
+    eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
+    s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
     el = tl.exp(lb)
-    dec = decay_mask(lb, mt, BC)
-    mask = dec * eta[None, :]
-    pqk = mm(qt, tl.trans(kt), PREC)
+    if GATE_CW:  # the scores M ⊙ P, summed channel by channel
+        pm = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)
+    else:
+        dec = decay_mask(lb, mt, BC)
+        mask = dec * eta[None, :]
+        pqk = mm(qt, tl.trans(kt), PREC)
     # ---- the dual-form reads
     zq0 = tl.zeros([BC, BD], dtype=tl.float32)
     sa = tl.zeros([BC, BC], dtype=tl.float32)
     for jb in range(0, NB):
         z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
         z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-        hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
+        hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC)
         act = gelu(hb)
-        dh = mm(dz, s_anchor * z1b, PREC) * gelu_grad(hb)
-        hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
-        aq = gelu(hq - mm(pqk * mask, dh, PREC))
+        dh = mm(dz, scale_rows(z1b, s_anchor, GATE_CW), PREC) * gelu_grad(hb)
+        if GATE_CW:
+            aq = gelu(mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC))
+        else:
+            hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
+            aq = gelu(hq - mm(pqk * mask, dh, PREC))
         zq0 += mm(aq, tl.trans(z1b), PREC)
         sa += mm(aq, tl.trans(act), PREC)
-    zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
+    if GATE_CW:
+        zq = zq0 * el - channel_mixed_read(sa, dz_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC, BD)
+    else:
+        zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
     zq = tl.where(ymask, zq, 0.0)
     uq, rstdq = _layer_norm(zq, cm, D, LN_EPS)
     # ---- back through y = q + LN(Zq) and Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ
@@ -464,48 +481,88 @@ def mlp_backward_reads_kernel(
                             - uq * (tl.sum(gy * uq, axis=1) / D)[:, None])
     gzq = tl.where(ymask, gzq, 0.0)
     gq = gy
-    gr = -mm(gzq, tl.trans(dz), PREC)  # ∂L/∂(M ⊙ S)
-    gs = gr * mask
-    gm = gr * sa
-    gdz = -mm(tl.trans(sa * mask), gzq, PREC)
-    glb = el * tl.sum(gzq * zq0, axis=1)
     gp = tl.zeros([BC, BC], dtype=tl.float32)
-    for jb in range(0, NB):
-        z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-        z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-        hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
-        act = gelu(hb)
-        dh = mm(dz, s_anchor * z1b, PREC) * gelu_grad(hb)
-        qz2 = mm(qt, tl.trans(z2b), PREC)
-        hq = el[:, None] * qz2 - mm(pqk * mask, dh, PREC)
-        aq = gelu(hq)
-        # the gradient of Aq, then of Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P) dH
-        gaq = el[:, None] * mm(gzq, z1b, PREC) + mm(gs, act, PREC)
-        ghq = gaq * gelu_grad(hq)
-        gq += el[:, None] * mm(ghq, z2b, PREC)
-        glb += el * tl.sum(ghq * qz2, axis=1)
-        gr2 = -mm(ghq, tl.trans(dh), PREC)
-        gp += gr2 * mask
-        gm += gr2 * pqk
-        ptr, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
-        tl.store(ptr, -mm(tl.trans(pqk * mask), ghq, PREC), mask=hm)
-        ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
-        tl.store(ptr, mm(tl.trans(gs), aq, PREC), mask=hm)
-        # the start state's share: Z1 in E ⊙ (Aq Z1ᵀ), Z2 in E ⊙ (Q Z2ᵀ)
-        _store_w1(gz1r_ptr, rbase, jb * BH, mm(tl.trans(gzq * el[:, None]), aq, PREC),
-                  D, HD, BD, BH)
-        _store_w2(gz2r_ptr, rbase, jb * BH, mm(tl.trans(ghq * el[:, None]), qt, PREC),
-                  D, HD, BD, BH)
-    # ---- P = Q Kᵀ and the gates' read parts
-    gq += mm(gp, kt, PREC)
-    gmm = gm * mask
-    glb += tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0)
-    tl.store(gq_ptr + tok[:, None] * D + rd[None, :], gq.to(gq_ptr.dtype.element_ty),
-             mask=ymask)
-    tl.store(gkr_ptr + tok[:, None] * D + rd[None, :], mm(tl.trans(gp), qt, PREC), mask=ymask)
-    tl.store(gdzr_ptr + tok[:, None] * D + rd[None, :], gdz, mask=ymask)
-    tl.store(getar_ptr + tok, tl.sum(gm * dec, axis=0), mask=mt)
-    tl.store(glbr_ptr + tok, glb, mask=mt)
+    if GATE_CW:
+        # ∂L/∂R = -gZq goes through memory for the channel loops: gdzr (written last) is
+        # this program's scratch until then
+        tl.store(gdzr_ptr + tok[:, None] * D + rd[None, :], -gzq, mask=ymask)
+        tl.debug_barrier()
+        gs = channel_scores(gdzr_ptr, dz_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)  # ∂L/∂S
+        glb = el * gzq * zq0
+        gqz = tl.zeros([BC, BD], dtype=tl.float32)
+        for jb in range(0, NB):
+            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, True)), PREC)
+            act = gelu(hb)
+            dh = mm(dz, scale_rows(z1b, s_anchor, True), PREC) * gelu_grad(hb)
+            hq = mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC)
+            aq = gelu(hq)
+            # the gradient of Aq, then of Hq = (E ⊙ Q) Z2ᵀ - P dH
+            ghq = (mm(gzq * el, z1b, PREC) + mm(gs, act, PREC)) * gelu_grad(hq)
+            gqz += mm(ghq, z2b, PREC)
+            gp -= mm(ghq, tl.trans(dh), PREC)
+            ptr, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
+            tl.store(ptr, -mm(tl.trans(pm), ghq, PREC), mask=hm)
+            ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+            tl.store(ptr, mm(tl.trans(gs), aq, PREC), mask=hm)
+            _store_w1(gz1r_ptr, rbase, jb * BH, mm(tl.trans(gzq * el), aq, PREC), D, HD, BD, BH)
+            _store_w2(gz2r_ptr, rbase, jb * BH, mm(tl.trans(ghq), qt * el, PREC), D, HD, BD, BH)
+        # the masks of both reads, channel by channel
+        gqm, gkr, gdz, geta, glbm = channel_reads_grad(gp, gdzr_ptr, sa, q_ptr, k_ptr, dz_ptr,
+                                                       eta_ptr, alpha_ptr, tok, mt, D, BC, BD,
+                                                       True)
+        tl.debug_barrier()
+        gq += gqm + el * gqz
+        glb += glbm + el * qt * gqz
+        tl.store(gq_ptr + tok[:, None] * D + rd[None, :], gq.to(gq_ptr.dtype.element_ty),
+                 mask=ymask)
+        tl.store(gkr_ptr + tok[:, None] * D + rd[None, :], gkr, mask=ymask)
+        tl.store(gdzr_ptr + tok[:, None] * D + rd[None, :], gdz, mask=ymask)
+        tl.store(getar_ptr + tok[:, None] * D + rd[None, :], geta, mask=ymask)
+        tl.store(glbr_ptr + tok[:, None] * D + rd[None, :], glb, mask=ymask)
+    else:
+        gr = -mm(gzq, tl.trans(dz), PREC)  # ∂L/∂(M ⊙ S)
+        gs = gr * mask
+        gm = gr * sa
+        gdz = -mm(tl.trans(sa * mask), gzq, PREC)
+        glb = el * tl.sum(gzq * zq0, axis=1)
+        for jb in range(0, NB):
+            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
+            act = gelu(hb)
+            dh = mm(dz, s_anchor * z1b, PREC) * gelu_grad(hb)
+            qz2 = mm(qt, tl.trans(z2b), PREC)
+            hq = el[:, None] * qz2 - mm(pqk * mask, dh, PREC)
+            aq = gelu(hq)
+            # the gradient of Aq, then of Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P) dH
+            gaq = el[:, None] * mm(gzq, z1b, PREC) + mm(gs, act, PREC)
+            ghq = gaq * gelu_grad(hq)
+            gq += el[:, None] * mm(ghq, z2b, PREC)
+            glb += el * tl.sum(ghq * qz2, axis=1)
+            gr2 = -mm(ghq, tl.trans(dh), PREC)
+            gp += gr2 * mask
+            gm += gr2 * pqk
+            ptr, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
+            tl.store(ptr, -mm(tl.trans(pqk * mask), ghq, PREC), mask=hm)
+            ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+            tl.store(ptr, mm(tl.trans(gs), aq, PREC), mask=hm)
+            # the start state's share: Z1 in E ⊙ (Aq Z1ᵀ), Z2 in E ⊙ (Q Z2ᵀ)
+            _store_w1(gz1r_ptr, rbase, jb * BH, mm(tl.trans(gzq * el[:, None]), aq, PREC),
+                      D, HD, BD, BH)
+            _store_w2(gz2r_ptr, rbase, jb * BH, mm(tl.trans(ghq * el[:, None]), qt, PREC),
+                      D, HD, BD, BH)
+        # ---- P = Q Kᵀ and the gates' read parts
+        gq += mm(gp, kt, PREC)
+        gmm = gm * mask
+        glb += tl.sum(gmm, axis=1) - tl.sum(gmm, axis=0)
+        tl.store(gq_ptr + tok[:, None] * D + rd[None, :], gq.to(gq_ptr.dtype.element_ty),
+                 mask=ymask)
+        tl.store(gkr_ptr + tok[:, None] * D + rd[None, :], mm(tl.trans(gp), qt, PREC), mask=ymask)
+        tl.store(gdzr_ptr + tok[:, None] * D + rd[None, :], gdz, mask=ymask)
+        tl.store(getar_ptr + tok, tl.sum(gm * dec, axis=0), mask=mt)
+        tl.store(glbr_ptr + tok, glb, mask=mt)
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -516,7 +573,7 @@ def mlp_backward_state_kernel(
     gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
     T, H, D, HD, NSEG,
     P, SHARP, EPS, LN_EPS,
-    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr, GATE_CW: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
     """The rest of the identity-link MLP backward, segments in reverse (grid ``B·H``): the
@@ -529,7 +586,9 @@ def mlp_backward_state_kernel(
     ``g2 [B, H, 2, Ed, d]`` (slot 0 holds the final state's gradient on entry; the initial
     state's gradient is in slot ``NSEG % 2`` at the end); two ``[BC, Ed]`` scratch tiles per
     program carry per-block partial gradients from the first pass over the hidden blocks to
-    the second.
+    the second. Channel-wise gates (``GATE_CW``) scale the ``d`` axis of both weights (the
+    columns of ``Z2``, the rows of ``Z1``): the decays, the anchor's scale and the weights
+    ``w`` become per channel, and so do the gradients of the gates.
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -555,12 +614,12 @@ def mlp_backward_state_kernel(
         ymask = mt[:, None] & cm[None, :]
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
         vt = segment_tiles(v_ptr, b, h, s0, s1, T, H, D, BC, BD)
-        eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
-        alpha = tl.load(alpha_ptr + tok, mask=mt, other=1.0)
+        eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
+        alpha = gate_tile(alpha_ptr, tok, mt, D, 1.0, BD, GATE_CW)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
-        s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, False)
+        s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
         last = rc == s1 - s0 - 1
-        lbl = tl.sum(tl.where(last, lb, 0.0), axis=0)
+        lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
         elc = tl.exp(lbl)
         wl = tl.exp(lbl - lb)
         w = eta * wl
@@ -569,8 +628,8 @@ def mlp_backward_state_kernel(
         for jb in range(0, NB):
             z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
             z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            act = gelu(mm(kt, tl.trans(s_anchor * z2b), PREC))
-            zp += mm(act, tl.trans(s_anchor * z1b), PREC)
+            act = gelu(mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC))
+            zp += mm(act, tl.trans(scale_rows(z1b, s_anchor, GATE_CW)), PREC)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
@@ -579,43 +638,67 @@ def mlp_backward_state_kernel(
         dz = tl.where(ymask, dz, 0.0)
         gdz = tl.load(gdzr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         gk = tl.zeros([BC, BD], dtype=tl.float32)
-        gw = tl.zeros([BC], dtype=tl.float32)
-        gend = 0.0
-        ganch = 0.0
+        if GATE_CW:  # per channel
+            gw = tl.zeros([BC, BD], dtype=tl.float32)
+            gend = tl.zeros([BD], dtype=tl.float32)
+            ganch = tl.zeros([BD], dtype=tl.float32)
+        else:
+            gw = tl.zeros([BC], dtype=tl.float32)
+            gend = 0.0
+            ganch = 0.0
         # ---- B1: per hidden block, everything that does not need gz (the gradient of z)
         for jb in range(0, NB):
             z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
             z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
-            hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
+            hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC)
             act = gelu(hb)
-            dza = mm(dz, s_anchor * z1b, PREC)
+            dza = mm(dz, scale_rows(z1b, s_anchor, GATE_CW), PREC)
             dh = dza * gelu_grad(hb)
             # Z2_end = E_C Z2 - (w ⊙ dH)ᵀ K ; Z1_end = E_C Z1 - (w ⊙ dZ)ᵀ Â
-            kg2 = mm(kt, tl.trans(g2e), PREC)
+            # (channel-wise: Z2_end = Z2 ⊙ E_C - dHᵀ (w ⊙ K), Z1_end = E_C ⊙ Z1 - (w ⊙ dZ)ᵀ Â)
             ptr, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
-            gdh = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * kg2
-            gk -= w[:, None] * mm(dh, g2e, PREC)
-            gw -= tl.sum(dh * kg2, axis=1)
-            ag1 = mm(act, tl.trans(g1e), PREC)
-            gdz -= w[:, None] * ag1
-            gw -= tl.sum(dz * ag1, axis=1)
-            ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
-            gact = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * mm(dz, g1e, PREC)
+            if GATE_CW:
+                gdh = tl.load(ptr, mask=hm, other=0.0) - mm(kt * w, tl.trans(g2e), PREC)
+                dhg2 = mm(dh, g2e, PREC)  # [BC, BD]
+                gk -= w * dhg2
+                gw -= kt * dhg2
+                ag1 = mm(act, tl.trans(g1e), PREC)
+                gdz -= w * ag1
+                gw -= dz * ag1
+                ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+                gact = tl.load(ptr, mask=hm, other=0.0) - mm(dz * w, g1e, PREC)
+            else:
+                kg2 = mm(kt, tl.trans(g2e), PREC)
+                gdh = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * kg2
+                gk -= w[:, None] * mm(dh, g2e, PREC)
+                gw -= tl.sum(dh * kg2, axis=1)
+                ag1 = mm(act, tl.trans(g1e), PREC)
+                gdz -= w[:, None] * ag1
+                gw -= tl.sum(dz * ag1, axis=1)
+                ptr, hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+                gact = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * mm(dz, g1e, PREC)
             # dH = (dZ A1) ⊙ σ'(H)
             x = gdh * gelu_grad(hb)
-            gdz += mm(x, tl.trans(s_anchor * z1b), PREC)
+            gdz += mm(x, tl.trans(scale_rows(z1b, s_anchor, GATE_CW)), PREC)
             gh_part = gdh * dza * gelu_grad2(hb)
             ga1 = mm(tl.trans(dz), x, PREC)  # [BD, BH]
             gz1r, _ = _load_w1(gz1r_ptr, rbase, jb * BH, D, HD, BD, BH)
             gz2r, _ = _load_w2(gz2r_ptr, rbase, jb * BH, D, HD, BD, BH)
-            gz1 = elc * g1e + gz1r + s_anchor * ga1
-            gz2 = elc * g2e + gz2r
-            gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
-            gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
-            if DECAYED:
-                ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
+            if GATE_CW:
+                gz1 = (scale_rows(g1e, elc, True) + gz1r + scale_rows(ga1, s_anchor, True))
+                gz2 = scale_cols(g2e, elc, True) + gz2r
+                gend += tl.sum(g1e * z1b, axis=1) + tl.sum(g2e * z2b, axis=0)
+                if DECAYED:
+                    ganch += tl.sum(ga1 * z1b, axis=1)
+            else:
+                gz1 = elc * g1e + gz1r + s_anchor * ga1
+                gz2 = elc * g2e + gz2r
+                gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
+                gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
+                if DECAYED:
+                    ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
             _store_w1(g1_ptr, gout, jb * BH, gz1, D, HD, BD, BH)
             _store_w2(g2_ptr, gout, jb * BH, gz2, D, HD, BD, BH)
             tl.store(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH), gact)
@@ -639,36 +722,56 @@ def mlp_backward_state_kernel(
         for jb in range(0, NB):
             z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
             z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
+            hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC)
             act = gelu(hb)
             gact = tl.load(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH))
-            gact += mm(gz, s_anchor * z1b, PREC)
+            gact += mm(gz, scale_rows(z1b, s_anchor, GATE_CW), PREC)
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
-            gk += mm(gh, s_anchor * z2b, PREC)
+            gk += mm(gh, scale_cols(z2b, s_anchor, GATE_CW), PREC)
             ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
             ga1 = mm(tl.trans(gz), act, PREC)  # [BD, BH]
             g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
             g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
-            _store_w1(g1_ptr, gout, jb * BH, g1o + s_anchor * ga1, D, HD, BD, BH)
-            _store_w2(g2_ptr, gout, jb * BH, g2o + s_anchor * ga2, D, HD, BD, BH)
+            _store_w1(g1_ptr, gout, jb * BH, g1o + scale_rows(ga1, s_anchor, GATE_CW), D, HD,
+                      BD, BH)
+            _store_w2(g2_ptr, gout, jb * BH, g2o + scale_cols(ga2, s_anchor, GATE_CW), D, HD,
+                      BD, BH)
             if DECAYED:
-                ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
-                ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
+                if GATE_CW:
+                    ganch += tl.sum(ga1 * z1b, axis=1) + tl.sum(ga2 * z2b, axis=0)
+                else:
+                    ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
+                    ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
         # ---- add the read parts; the gates
         gk += tl.load(gkr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
-        geta = tl.load(getar_ptr + tok, mask=mt, other=0.0) + gw * wl
-        glb = tl.load(glbr_ptr + tok, mask=mt, other=0.0) - gw * w
-        glb = tl.where(last, glb + elc * gend + tl.sum(gw * w, axis=0), glb)
+        if GATE_CW:
+            geta = tl.load(getar_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+            geta += gw * wl
+            glb = tl.load(glbr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+            glb -= gw * w
+            end = elc * gend + tl.sum(gw * w, axis=0)  # [BD]
+            glb = tl.where(last[:, None], glb + end[None, :], glb)
+        else:
+            geta = tl.load(getar_ptr + tok, mask=mt, other=0.0) + gw * wl
+            glb = tl.load(glbr_ptr + tok, mask=mt, other=0.0) - gw * w
+            glb = tl.where(last, glb + elc * gend + tl.sum(gw * w, axis=0), glb)
         gla = tl.sum(glb, axis=0) - tl.cumsum(glb, axis=0) + glb
         galpha = gla / alpha
         if DECAYED:
-            galpha = tl.where(rc == 0, galpha + ganch, galpha)
+            if GATE_CW:
+                galpha = tl.where((rc == 0)[:, None], galpha + ganch[None, :], galpha)
+            else:
+                galpha = tl.where(rc == 0, galpha + ganch, galpha)
         tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
                  mask=ymask)
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
                  mask=ymask)
-        tl.store(geta_ptr + tok, geta, mask=mt)
-        tl.store(galpha_ptr + tok, galpha, mask=mt)
+        if GATE_CW:
+            tl.store(geta_ptr + tok[:, None] * D + rd[None, :], geta, mask=ymask)
+            tl.store(galpha_ptr + tok[:, None] * D + rd[None, :], galpha, mask=ymask)
+        else:
+            tl.store(geta_ptr + tok, geta, mask=mt)
+            tl.store(galpha_ptr + tok, galpha, mask=mt)
         if BIAS >= 4:
             if DELTA_CW:
                 tl.store(gdelta_ptr + tok[:, None] * D + rd[None, :], gdelta, mask=ymask)
