@@ -36,6 +36,7 @@ import platform
 import sys
 import time
 import traceback
+import warnings
 import zlib
 
 if "--dry-run" in sys.argv:  # CPU smoke test of this script: Triton's interpreter
@@ -143,9 +144,14 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     gy, gf, gg = gold
     t0 = time.perf_counter()
     kw = {} if dot_precision is None else {"dot_precision": dot_precision}
-    my, mf, mg = _grads(triton_ops.scan_chunked, cfg, q, k, v, gates, init, dtype, chunk, 5,
-                        **kw)
-    _sync(device)
+    tchunked._noted.clear()  # every fallback of this case is noted, not only a first one
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", triton_ops.TritonFallbackWarning)
+        my, mf, mg = _grads(triton_ops.scan_chunked, cfg, q, k, v, gates, init, dtype, chunk,
+                            5, **kw)
+        _sync(device)
+    fallbacks = [str(w.message) for w in caught
+                 if issubclass(w.category, triton_ops.TritonFallbackWarning)]
     secs = time.perf_counter() - t0
     errs = {"y": rel(my, gy)}
     errs.update({f"state {n}": rel(mf[n], gf[n]) for n in gf})
@@ -168,6 +174,8 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     worst_name = max(grad_errs, key=grad_errs.get)
     plan = triton_ops.plan_for(cfg)
     backward = "triton" if tchunked.backward_kernels(plan, cw_gates) else "torch recompute"
+    if fallbacks:  # e.g. a kernel that does not fit the device: the row says so
+        backward += " (fell back: " + "; ".join(fallbacks) + ")"
     return dict(name=name, dtype=str(dtype).replace("torch.", ""), size=size, d=cfg.memory.d_k,
                 ok=ok, worst_out=worst_out, worst_grad=worst_grad, worst_grad_name=worst_name,
                 tol_out=tol_out, tol_grad=tol_grad, seconds=secs,

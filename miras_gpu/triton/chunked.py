@@ -478,8 +478,10 @@ def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
     dev = q.device
     f32 = torch.float32
     B, T, H = L.B, L.T, L.H
-    # hidden blocks of 32: at 64 the state kernel needs ~280 KiB of shared memory (H100: 227)
-    bhid = min(16 if L.gate_cw else 32, L.block_hidden)
+    # hidden blocks of 32: at 64 the state kernel needs ~280 KiB of shared memory (H100: 227);
+    # with channel-wise gates the reads kernel takes 224 KiB. (Blocks of 16 would need less,
+    # but Triton 3.6 builds their tf32x3 products into kernels that fault on an H200.)
+    bhid = min(32, L.block_hidden)
     n_blocks = -(-hd // bhid)
     # ping-pong slots of the end-state gradient; slot 0 starts as the final state's gradient
     g1 = _empty((B, H, 2, d, hd), f32, dev)
