@@ -278,9 +278,9 @@ def run(args) -> dict:
                                      + ", others the config's (benchmarks/_common.py)",
            "triton interpreter": os.environ.get("TRITON_INTERPRET", "0"),
            "triton dot precision": args.dot_precision or "backend default (docs/kernels.md)",
-           "gates η, α": ("channel-wise [B, T, H, D] (triton: forward kernels; gradients by "
-                          "the backward kernels for matrix memories, by the torch "
-                          "recomputation for MLP memories)" if args.gates == "channel"
+           "gates η, α": ("channel-wise [B, T, H, D] (triton: gradients by the backward "
+                          "kernels where they cover the configuration, docs/kernels.md)"
+                          if args.gates == "channel"
                           else "per token and head [B, T, H]"),
            "torch backend rows": (f"compile_chunks={args.torch_compile!r}"
                                   if args.torch_compile else "eager (Moneta, Memora with "
