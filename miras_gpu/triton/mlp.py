@@ -399,6 +399,20 @@ def _hidden_tile(ptr, tok, mt, j0, HD, BH: tl.constexpr):
     return ptr + tok[:, None] * HD + rj[None, :], mt[:, None] & (rj < HD)[None, :]
 
 
+@triton.jit
+def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor, D, HD, BD: tl.constexpr,
+                   BH: tl.constexpr, PREC: tl.constexpr, CW: tl.constexpr):
+    """Hidden block ``jb`` of the identity-link anchor ``A = s ⊙ Z0`` (Eq 28): the raw state
+    ``Z2b [BH, BD]``, ``Z1b [BD, BH]``, ``H = K A2bᵀ``, ``Â = σ(H)`` and
+    ``dH = (dZ A1b) ⊙ σ'(H)`` (``[BC, BH]`` each)."""
+    z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+    z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+    hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, CW)), PREC)
+    act = gelu(hb)
+    dh = mm(dz, scale_rows(z1b, s_anchor, CW), PREC) * gelu_grad(hb)
+    return z2b, z1b, hb, act, dh
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_backward_reads_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, gy_ptr,
@@ -458,11 +472,8 @@ def mlp_backward_reads_kernel(
     zq0 = tl.zeros([BC, BD], dtype=tl.float32)
     sa = tl.zeros([BC, BC], dtype=tl.float32)
     for jb in range(0, NB):
-        z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-        z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-        hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC)
-        act = gelu(hb)
-        dh = mm(dz, scale_rows(z1b, s_anchor, GATE_CW), PREC) * gelu_grad(hb)
+        z2b, z1b, hb, act, dh = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor, D,
+                                               HD, BD, BH, PREC, GATE_CW)
         if GATE_CW:
             aq = gelu(mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC))
         else:
@@ -491,11 +502,8 @@ def mlp_backward_reads_kernel(
         glb = el * gzq * zq0
         gqz = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
-            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, True)), PREC)
-            act = gelu(hb)
-            dh = mm(dz, scale_rows(z1b, s_anchor, True), PREC) * gelu_grad(hb)
+            z2b, z1b, hb, act, dh = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor,
+                                                   D, HD, BD, BH, PREC, True)
             hq = mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC)
             aq = gelu(hq)
             # the gradient of Aq, then of Hq = (E ⊙ Q) Z2ᵀ - P dH
@@ -528,11 +536,8 @@ def mlp_backward_reads_kernel(
         gdz = -mm(tl.trans(sa * mask), gzq, PREC)
         glb = el * tl.sum(gzq * zq0, axis=1)
         for jb in range(0, NB):
-            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            hb = mm(kt, tl.trans(s_anchor * z2b), PREC)
-            act = gelu(hb)
-            dh = mm(dz, s_anchor * z1b, PREC) * gelu_grad(hb)
+            z2b, z1b, hb, act, dh = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor,
+                                                   D, HD, BD, BH, PREC, False)
             qz2 = mm(qt, tl.trans(z2b), PREC)
             hq = el[:, None] * qz2 - mm(pqk * mask, dh, PREC)
             aq = gelu(hq)
