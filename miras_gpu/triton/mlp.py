@@ -400,17 +400,13 @@ def _hidden_tile(ptr, tok, mt, j0, HD, BH: tl.constexpr):
 
 
 @triton.jit
-def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor, D, HD, BD: tl.constexpr,
+def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD, BD: tl.constexpr,
                    BH: tl.constexpr, PREC: tl.constexpr, CW: tl.constexpr):
-    """Hidden block ``jb`` of the identity-link anchor ``A = s ⊙ Z0`` (Eq 28): the raw state
-    ``Z2b [BH, BD]``, ``Z1b [BD, BH]``, ``H = K A2bᵀ``, ``Â = σ(H)`` and
-    ``dH = (dZ A1b) ⊙ σ'(H)`` (``[BC, BH]`` each)."""
-    z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-    z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-    hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, CW)), PREC)
-    act = gelu(hb)
-    dh = mm(dz, scale_rows(z1b, s_anchor, CW), PREC) * gelu_grad(hb)
-    return z2b, z1b, hb, act, dh
+    """:func:`_block` of the identity link, the anchor ``A = s ⊙ Z0`` (Eq 28): the raw state
+    ``Z2b [BH, BD]``, ``Z1b [BD, BH]``, ``H = K A2bᵀ``, ``Â = σ(H)`` and ``A1b``."""
+    z2b, _, z1b, _, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, 1.0, 1.0,
+                                          0.0, 0.0, D, HD, 0, 0.0, 0.0, BD, BH, PREC, CW)
+    return z2b, z1b, hb, act, a1b
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -472,8 +468,9 @@ def mlp_backward_reads_kernel(
     zq0 = tl.zeros([BC, BD], dtype=tl.float32)
     sa = tl.zeros([BC, BC], dtype=tl.float32)
     for jb in range(0, NB):
-        z2b, z1b, hb, act, dh = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor, D,
-                                               HD, BD, BH, PREC, GATE_CW)
+        z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD,
+                                               BD, BH, PREC, GATE_CW)
+        dh = mm(dz, a1b, PREC) * gelu_grad(hb)
         if GATE_CW:
             aq = gelu(mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC))
         else:
@@ -502,8 +499,9 @@ def mlp_backward_reads_kernel(
         glb = el * gzq * zq0
         gqz = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
-            z2b, z1b, hb, act, dh = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor,
-                                                   D, HD, BD, BH, PREC, True)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD,
+                                                   BD, BH, PREC, True)
+            dh = mm(dz, a1b, PREC) * gelu_grad(hb)
             hq = mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC)
             aq = gelu(hq)
             # the gradient of Aq, then of Hq = (E ⊙ Q) Z2ᵀ - P dH
@@ -536,8 +534,9 @@ def mlp_backward_reads_kernel(
         gdz = -mm(tl.trans(sa * mask), gzq, PREC)
         glb = el * tl.sum(gzq * zq0, axis=1)
         for jb in range(0, NB):
-            z2b, z1b, hb, act, dh = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, dz, s_anchor,
-                                                   D, HD, BD, BH, PREC, False)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD,
+                                                   BD, BH, PREC, False)
+            dh = mm(dz, a1b, PREC) * gelu_grad(hb)
             qz2 = mm(qt, tl.trans(z2b), PREC)
             hq = el[:, None] * qz2 - mm(pqk * mask, dh, PREC)
             aq = gelu(hq)
@@ -631,10 +630,9 @@ def mlp_backward_state_kernel(
         # ---- the forward at the anchor
         zp = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
-            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            act = gelu(mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC))
-            zp += mm(act, tl.trans(scale_rows(z1b, s_anchor, GATE_CW)), PREC)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D,
+                                                    HD, BD, BH, PREC, GATE_CW)
+            zp += mm(act, tl.trans(a1b), PREC)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
@@ -653,13 +651,11 @@ def mlp_backward_state_kernel(
             ganch = 0.0
         # ---- B1: per hidden block, everything that does not need gz (the gradient of z)
         for jb in range(0, NB):
-            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
-            hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC)
-            act = gelu(hb)
-            dza = mm(dz, scale_rows(z1b, s_anchor, GATE_CW), PREC)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D,
+                                                    HD, BD, BH, PREC, GATE_CW)
+            dza = mm(dz, a1b, PREC)
             dh = dza * gelu_grad(hb)
             # Z2_end = E_C Z2 - (w ⊙ dH)ᵀ K ; Z1_end = E_C Z1 - (w ⊙ dZ)ᵀ Â
             # (channel-wise: Z2_end = Z2 ⊙ E_C - dHᵀ (w ⊙ K), Z1_end = E_C ⊙ Z1 - (w ⊙ dZ)ᵀ Â)
@@ -686,7 +682,7 @@ def mlp_backward_state_kernel(
                 gact = tl.load(ptr, mask=hm, other=0.0) - w[:, None] * mm(dz, g1e, PREC)
             # dH = (dZ A1) ⊙ σ'(H)
             x = gdh * gelu_grad(hb)
-            gdz += mm(x, tl.trans(scale_rows(z1b, s_anchor, GATE_CW)), PREC)
+            gdz += mm(x, tl.trans(a1b), PREC)
             gh_part = gdh * dza * gelu_grad2(hb)
             ga1 = mm(tl.trans(dz), x, PREC)  # [BD, BH]
             gz1r, _ = _load_w1(gz1r_ptr, rbase, jb * BH, D, HD, BD, BH)
@@ -725,12 +721,10 @@ def mlp_backward_state_kernel(
         gz = tl.where(ymask, gz, 0.0)
         # ---- B2: z = Â A1ᵀ, Â = σ(H), H = K A2ᵀ
         for jb in range(0, NB):
-            z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            hb = mm(kt, tl.trans(scale_cols(z2b, s_anchor, GATE_CW)), PREC)
-            act = gelu(hb)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D,
+                                                    HD, BD, BH, PREC, GATE_CW)
             gact = tl.load(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH))
-            gact += mm(gz, scale_rows(z1b, s_anchor, GATE_CW), PREC)
+            gact += mm(gz, a1b, PREC)
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
             gk += mm(gh, scale_cols(z2b, s_anchor, GATE_CW), PREC)
             ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
