@@ -173,7 +173,7 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     worst_grad = max(grad_errs.values())
     worst_name = max(grad_errs, key=grad_errs.get)
     plan = triton_ops.plan_for(cfg)
-    backward = "triton" if tchunked.backward_kernels(plan, cw_gates) else "torch recompute"
+    backward = "triton" if plan.triton_backward else "torch recompute"
     if fallbacks:  # e.g. a kernel that does not fit the device: the row says so
         backward += " (fell back: " + "; ".join(fallbacks) + ")"
     return dict(name=name, dtype=str(dtype).replace("torch.", ""), size=size, d=cfg.memory.d_k,

@@ -16,11 +16,13 @@ DeltaNet, GLA, ...; MLP: Yaad,                                for the MLP the re
 TTT-MLP)                                                      then the state gradient)
 ℓq / KL links (Moneta,         Triton (state pass + reads;    torch autograd, chunk by chunk,
 Memora, ...), a lag token,     per-token states or norms      from the stored chunk states
-head dims above 64, or an MLP  where the link needs them;
-memory with channel-wise η, α  channel-wise masks summed
-                               channel by channel)
+or head dims above 64          where the link needs them)
 anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
+
+The Triton rows take scalar ``[B, T, H]`` or channel-wise ``[B, T, H, D]`` η, α: with
+channel-wise gates the reads' masks are summed channel by channel (:mod:`.gates`), and the
+backward kernels first run the gradients of those sums for every segment at once.
 
 Covered by the kernels: plain GD (:class:`miras_ref.algorithms.GD`), the matrix memory with
 ``d_k, d_v <= 128`` and the MLP memory with ``d <= 128`` (at ``d = 128`` with 16-bit inputs
@@ -235,12 +237,6 @@ def segments(T: int, chunk_size: int, lag_token: bool) -> tuple[list[int], int]:
     return bounds, n_chunks
 
 
-def backward_kernels(plan: Plan, channel_gates: bool = False) -> bool:
-    """The hand-written backward kernels cover ``plan`` with scalar or (``channel_gates``)
-    channel-wise η, α (:attr:`Plan.triton_backward`; both forms of the gates)."""
-    return plan.triton_backward
-
-
 @dataclass
 class Launch:
     """Sizes of one call."""
@@ -264,7 +260,7 @@ class Launch:
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
-        return not self.torch_backward and backward_kernels(plan, self.gate_cw)
+        return plan.triton_backward and not self.torch_backward
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -454,8 +450,7 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             q, k, eta, alpha, bounds, s1, s2, dz, y,
             L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
             LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=bd,
-            BH=L.block_hidden,
-            PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+            BH=L.block_hidden, PREC=L.prec, num_warps=L.num_warps, num_stages=1)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]

@@ -2,8 +2,8 @@
 
 ``W in R^{d_v x d_k}``, one program per ``(batch, head)`` or per ``(segment, batch, head)``.
 Inputs are ``[B, T, H, D]`` contiguous (any float dtype; loaded and computed in fp32), gates
-fp32, ``[B, T, H]`` or, in the forward kernels with ``GATE_CW``, channel-wise
-``[B, T, H, d_k]`` (:mod:`miras_gpu.triton.gates`), the memory state fp32
+fp32, ``[B, T, H]`` or, with ``GATE_CW``, channel-wise ``[B, T, H, d_k]``
+(:mod:`miras_gpu.triton.gates`), the memory state fp32
 ``[B, H, d_v, d_k]``. A *segment* is a chunk (or, with Memora's lag token, the lag token or
 the rest of a chunk); ``bounds`` holds the segment boundaries ``[NSEG + 1]`` (int32).
 
