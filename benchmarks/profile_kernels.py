@@ -66,7 +66,9 @@ def set_num_warps(n: int | None) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="yaad")
-    p.add_argument("--precisions", default="ieee,tf32x3,tf32")
+    p.add_argument("--precisions", default="ieee,tf32x3,tf32",
+                   help="comma-separated; STATE/OTHERS: one for the forward state pass, one for "
+                   "the other kernels")
     p.add_argument("--num-warps", type=int, default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -84,8 +86,9 @@ def main(argv=None) -> int:
 
     for model in args.models.split(","):
         cfg, cw = kernel_cases(64)[model]
-        for prec in args.precisions.split(","):
-            emit(f"## {model}, dot precision {prec}")
+        for name in args.precisions.split(","):
+            emit(f"## {model}, dot precision {name}")
+            prec = tuple(name.split("/")) if "/" in name else name
             try:
                 r = check_case(model, cfg, cw, torch.bfloat16, (1, 150, 2, 64), dev, prec)
                 worst = sorted(r["detail"].items(), key=lambda kv: -kv[1])[:4]

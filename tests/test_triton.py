@@ -395,16 +395,22 @@ def test_plans():
         MirasConfig("x", zoo.moneta(D).memory, LpBias(3.0), LqRetention(1.5, "exact"), GD()))
     bf16 = torch.bfloat16
     yaad = triton_ops.plan_for(zoo.yaad(D))
-    assert tchunked.dot_precision(triton_ops.plan_for(zoo.gated_deltanet(D)), bf16) == "bf16"
-    assert tchunked.dot_precision(yaad, bf16) == "tf32x3"
+    gdn = triton_ops.plan_for(zoo.gated_deltanet(D))
+    assert tchunked.dot_precision(gdn, bf16) == ("bf16", "bf16")
+    assert tchunked.dot_precision(yaad, bf16) == ("tf32x3", "tf32")
     assert tchunked.dot_precision(triton_ops.plan_for(CASES["huber_smooth_cw"][0]),
-                                  bf16) == "tf32x3"
-    assert tchunked.dot_precision(triton_ops.plan_for(zoo.deltanet(D)), torch.float32) == "ieee"
-    assert tchunked.dot_precision(yaad, torch.float32, "tf32") == "tf32"
+                                  bf16) == ("tf32x3", "tf32x3")
+    assert tchunked.dot_precision(triton_ops.plan_for(zoo.deltanet(D)),
+                                  torch.float32) == ("ieee", "ieee")
+    assert tchunked.dot_precision(yaad, torch.float32, "tf32") == ("tf32", "tf32")
+    assert tchunked.dot_precision(yaad, bf16, ("tf32x3", "tf32")) == ("tf32x3", "tf32")
     with pytest.raises(ValueError, match="bf16.*MLP"):
         tchunked.dot_precision(yaad, bf16, "bf16")
-    with pytest.raises(ValueError, match="dot_precision must be one of"):
-        tchunked.dot_precision(yaad, bf16, "fp8")
+    with pytest.raises(ValueError, match="bf16.*MLP"):
+        tchunked.dot_precision(yaad, bf16, ("tf32", "bf16"))
+    for bad in ("fp8", ("tf32",), ("tf32", "tf32", "tf32"), ("tf32", "fp8")):
+        with pytest.raises(ValueError, match="dot_precision must be one of"):
+            tchunked.dot_precision(gdn, bf16, bad)
     assert tchunked.segments(37, 16, False) == ([0, 16, 32, 37], 3)
     assert tchunked.segments(33, 16, True) == ([0, 1, 16, 17, 32, 33], 3)
 

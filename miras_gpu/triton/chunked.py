@@ -249,7 +249,8 @@ class Launch:
     n_seg: int
     n_chunks: int
     block_c: int
-    prec: str
+    prec_state: str  # tl.dot precision of the forward state pass
+    prec: str  # and of the other kernels
     num_warps: int
     block_hidden: int = 64
     #: use the torch recomputation for the gradients even where a backward kernel exists
@@ -267,32 +268,45 @@ class Launch:
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
 
 
-def dot_precision(plan: Plan, dtype: torch.dtype, override: str | None = None) -> str:
-    """``tl.dot`` precision of one call.
+def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, str]:
+    """``tl.dot`` precisions of one call: ``(forward state pass, every other kernel)``.
 
-    float32 inputs: full float32 (``"ieee"``). 16-bit inputs: bf16 operands (float32
-    accumulation) for matrix memories without the Huber switch, else ``"tf32x3"`` (about
-    float32's accuracy on tensor cores). The reason is measured sensitivity: perturbing the
+    The forward state pass (``matrix_state_kernel``, ``mlp_state_kernel``) is the recurrence:
+    its anchor outputs decide the attentional bias's branches and its rounding compounds over
+    the segments. The output kernels and the backward kernels (which read the stored states,
+    the forward's ``dY`` or ``dZ`` and, for the MLP, its ``LN`` output, so they decide no
+    branch) feed nothing back.
+
+    float32 inputs: full float32 (``"ieee"``) everywhere. 16-bit inputs: bf16 operands
+    (float32 accumulation) for matrix memories without the Huber switch; else ``"tf32x3"``
+    (about float32's accuracy on tensor cores) for the state pass and, for MLP memories,
+    ``"tf32"`` for the other kernels. The reason is measured sensitivity: perturbing the
     inputs by TF32's relative rounding (2^-11) moves the outputs and states of the torch
     backend by about 5e-4 for Gated DeltaNet, but by 3e-2 for Yaad (tokens near the switch
-    ``‖e‖ = δ`` of Eq 16 change branch) and 1e-2 for Memora; on an H200 plain TF32 gives Yaad
-    gradient errors of 0.3 (docs/kernels.md). ``override`` picks any of
-    :data:`DOT_PRECISIONS`, except ``"bf16"`` for MLP memories: Triton 3.6 builds their
+    ``‖e‖ = δ`` of Eq 16 change branch) and 1e-2 for Memora; on an H200 plain TF32 in every
+    kernel gives Yaad gradient errors of 0.3, TF32 outside the state pass 7e-3
+    (docs/kernels.md). The matrix backward kernels recompute ``e`` and keep the state pass's
+    precision. ``override``: one of :data:`DOT_PRECISIONS` for every kernel, or a pair
+    ``(state pass, others)``; ``"bf16"`` is refused for MLP memories: Triton 3.6 builds their
     backward kernel with bf16 operands into one that faults (an illegal memory access on an
-    H200), so that is refused.
+    H200).
     """
-    if override is not None:
-        if override not in DOT_PRECISIONS:
-            raise ValueError(f"dot_precision must be one of {DOT_PRECISIONS}, got {override!r}")
-        if override == "bf16" and plan.kind == "mlp":
-            raise ValueError("dot_precision='bf16' is not available for MLP memories (their "
-                             "backward kernel faults with bf16 operands); use 'tf32x3', "
-                             "'tf32' or 'ieee'")
-        return override
-    if dtype == torch.float32:
-        return "ieee"
-    huber = plan.bias in (BIAS_CODES["huber_smooth"], BIAS_CODES["huber_exact"])
-    return "bf16" if plan.kind == "matrix" and not huber else "tf32x3"
+    if override is None:
+        if dtype == torch.float32:
+            return ("ieee", "ieee")
+        if plan.kind == "mlp":
+            return ("tf32x3", "tf32")
+        huber = plan.bias in (BIAS_CODES["huber_smooth"], BIAS_CODES["huber_exact"])
+        return ("tf32x3", "tf32x3") if huber else ("bf16", "bf16")
+    pair = (override, override) if isinstance(override, str) else tuple(override)
+    if len(pair) != 2 or any(p not in DOT_PRECISIONS for p in pair):
+        raise ValueError(f"dot_precision must be one of {DOT_PRECISIONS} or a pair (state "
+                         f"pass, others) of them, got {override!r}")
+    if "bf16" in pair and plan.kind == "mlp":
+        raise ValueError("dot_precision='bf16' is not available for MLP memories (their "
+                         "backward kernel faults with bf16 operands); use 'tf32x3', "
+                         "'tf32' or 'ieee'")
+    return pair
 
 
 def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | None,
@@ -307,13 +321,13 @@ def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | No
         # d = 128 with 64-wide hidden blocks needs more than the 227 KiB of shared memory
         # (with TF32x3 products, 16-bit inputs, 32-wide blocks do not fit either: 288 KiB)
         hidden = block_hidden or min(64 if big <= 64 else 32, _pow2(mem.hidden))
-    prec = dot_precision(plan, q.dtype, precision)
+    prec_state, prec = dot_precision(plan, q.dtype, precision)
     block_c = _pow2(chunk_size)
     # full-float32 products are unrolled into FMAs: 8 warps halve each thread's share (and
     # the compile time) for 64-wide tiles; head dims of 128 need 8 warps for the state tile
-    warps = 8 if big >= 128 or (prec == "ieee" and min(block_c, big) >= 64) else 4
+    warps = 8 if big >= 128 or ("ieee" in (prec_state, prec) and min(block_c, big) >= 64) else 4
     return Launch(B, T, H, chunk_size, _device_bounds(tuple(bounds), q.device),
-                  len(bounds) - 1, n_chunks, block_c, prec, warps, _pow2(hidden))
+                  len(bounds) - 1, n_chunks, block_c, prec_state, prec, warps, _pow2(hidden))
 
 
 @functools.lru_cache(maxsize=64)
@@ -345,8 +359,8 @@ def _matrix_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0):
         k, v, eta, alpha, delta_arg, z0[0], L.bounds, states, dy, zt,
         L.T, L.H, dk, dv, L.n_seg, *_bias_args(plan), plan.q, plan.c,
         BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
-        GATE_CW=L.gate_cw, BC=L.block_c, BK=bk, BV=bv, PREC=L.prec, num_warps=L.num_warps,
-        num_stages=1)
+        GATE_CW=L.gate_cw, BC=L.block_c, BK=bk, BV=bv, PREC=L.prec_state,
+        num_warps=L.num_warps, num_stages=1)
     matrix_output_kernel[(L.n_seg, L.B * L.H)](
         q, k, eta, alpha, L.bounds, states, dy, y,
         L.T, L.H, dk, dv, L.n_seg, plan.q, plan.c,
@@ -384,7 +398,8 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
     cw = delta is not None and delta.ndim == 4
     delta_arg = eta if delta is None else delta
     consts = dict(BIAS=plan.bias, DECAYED=plan.decayed, DELTA_CW=cw, BC=L.block_c,
-                  BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+                  BK=_pow2(dk), BV=_pow2(dv), PREC=L.prec, num_warps=L.num_warps,
+                  num_stages=1)
     grid = (L.n_seg, L.B * L.H)
     if L.gate_cw:  # the read parts of dY, k, η and the log-decays, every segment at once
         gdyr = _empty((L.B, L.T, L.H, dv), f32, dev)
@@ -410,12 +425,14 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
 MLP_WINDOW = 256
 
 
-def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True):
-    """MLP forward: ``(y, final state, start states, dZ)``. With ``keep_states`` (gradients
-    needed) every segment's start state is kept for the backward; without, the segments run
-    in windows of :data:`MLP_WINDOW`, so the state memory does not grow with ``T``. ``dZ
-    [B, T, H, d]`` (float32) is the loss gradient at every token's anchor output, which the
-    backward kernels reuse."""
+def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True,
+                 save_ln=False):
+    """MLP forward: ``(y, final state, start states, (dZ, u, rstd))``. With ``keep_states``
+    (gradients needed) every segment's start state is kept for the backward; without, the
+    segments run in windows of :data:`MLP_WINDOW`, so the state memory does not grow with
+    ``T``. ``dZ [B, T, H, d]`` (float32) is the loss gradient at every token's anchor output;
+    with ``save_ln`` also the anchor output's ``u = LN(z) [B, T, H, d]`` and ``rstd
+    [B, T, H]`` (else ``None``), which the backward kernels reuse."""
     from .mlp import mlp_output_kernel, mlp_state_kernel
 
     mem = plan.config.memory
@@ -429,6 +446,8 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     s1[:, :, 0] = z0[0]
     s2[:, :, 0] = z0[1]
     dz = _empty((L.B, L.T, L.H, d), f32, dev)
+    u = _empty((L.B, L.T, L.H, d), f32, dev) if save_ln else None
+    rstd = _empty((L.B, L.T, L.H), f32, dev) if save_ln else None
     y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
     delta_arg = eta if delta is None else delta
     cw = delta is not None and delta.ndim == 4
@@ -441,10 +460,12 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             s1[:, :, 0] = s1[:, :, window]
             s2[:, :, 0] = s2[:, :, window]
         mlp_state_kernel[(L.B * L.H,)](
-            k, v, eta, alpha, delta_arg, bounds, s1, s2, dz,
+            k, v, eta, alpha, delta_arg, bounds, s1, s2, dz, dz if u is None else u,
+            dz if rstd is None else rstd,
             L.T, L.H, d, hd, n, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
             BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
-            GATE_CW=L.gate_cw, BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
+            GATE_CW=L.gate_cw, SAVE_LN=save_ln, BC=L.block_c, BD=bd, BH=L.block_hidden,
+            PREC=L.prec_state,
             num_warps=L.num_warps, num_stages=1)
         mlp_output_kernel[(n, L.B * L.H)](
             q, k, eta, alpha, bounds, s1, s2, dz, y,
@@ -455,28 +476,31 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]
     final = (s1[:, :, window].clone(), s2[:, :, window].clone())
-    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), dz
+    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd)
 
 
-def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
+def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     """Gradients of the identity-link MLP forward in two launches: the reads of every segment
     at once (:func:`~miras_gpu.triton.mlp.mlp_backward_reads_kernel`, grid ``NSEG × B·H``),
     then the end-state gradient back through the segments
-    (:func:`~miras_gpu.triton.mlp.mlp_backward_state_kernel`, grid ``B·H``). ``dz
-    [B, T, H, d]`` is the forward's ``dZ`` (the loss gradient at every token's anchor
-    output)."""
+    (:func:`~miras_gpu.triton.mlp.mlp_backward_state_kernel`, grid ``B·H``). ``anchor`` is
+    the forward's ``(dZ, u, rstd)`` (:func:`_mlp_forward` with ``save_ln``)."""
     from .mlp import mlp_backward_reads_kernel, mlp_backward_state_kernel
 
     q, k, v, eta, alpha, delta, s1, s2 = saved
+    dz, u, rstd = anchor
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
     dev = q.device
     f32 = torch.float32
     B, T, H = L.B, L.T, L.H
-    # hidden blocks of 32: at 64 the state kernel needs ~280 KiB of shared memory (H100: 227);
-    # with channel-wise gates the reads kernel takes 224 KiB. (Blocks of 16 would need less,
+    # hidden blocks of 32 for the state kernel: at 64 it needs ~280 KiB of shared memory with
+    # TF32x3 products (H100: 227) and, with TF32, it fits but runs slower (H200, d = 64: 14.9
+    # against 11.5 ms). The reads kernel takes 64 with TF32 and scalar gates (8.1 against
+    # 11.2 ms); with channel-wise gates it needs 192 KiB at 32. (Blocks of 16 would need less,
     # but Triton 3.6 builds their tf32x3 products into kernels that fault on an H200.)
     bhid = min(32, L.block_hidden)
+    bh_reads = L.block_hidden if L.prec == "tf32" and not L.gate_cw else bhid
     n_blocks = -(-hd // bhid)
     # ping-pong slots of the end-state gradient; slot 0 starts as the final state's gradient
     g1 = _empty((B, H, 2, d, hd), f32, dev)
@@ -498,16 +522,17 @@ def _mlp_backward(plan: Plan, L: Launch, saved, dz, gy, gzt):
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
-    consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d), BH=bhid,
-                  PREC=L.prec, num_warps=8 if L.block_c >= 64 else L.num_warps, num_stages=1)
+    consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
+                  PREC=L.prec, num_warps=8 if L.block_c >= 64 else L.num_warps,
+                  num_stages=1)
     mlp_backward_reads_kernel[(L.n_seg, B * H)](
         q, k, eta, alpha, L.bounds, s1, s2, dz, gy, gq, *reads,
-        T, H, d, hd, L.n_seg, float(mem.eps), **consts)
+        T, H, d, hd, L.n_seg, float(mem.eps), BH=bh_reads, **consts)
     mlp_backward_state_kernel[(B * H,)](
-        k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2,
+        k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,
         g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
-        T, H, d, hd, L.n_seg, *_bias_args(plan), float(mem.eps),
-        BIAS=plan.bias, DELTA_CW=cw, **consts)
+        T, H, d, hd, L.n_seg, *_bias_args(plan),
+        BIAS=plan.bias, DELTA_CW=cw, BH=bhid, **consts)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])
 
@@ -633,10 +658,11 @@ class ChunkedScan(torch.autograd.Function):
             y, zt, states = _matrix_forward(plan, launch, q, k, v, eta, alpha, delta, z0)
         else:
             keep = any(ctx.needs_input_grad)
-            y, zt, states, dz = _mlp_forward(plan, launch, q, k, v, eta, alpha, delta, z0,
-                                             keep)
-            # the backward kernels reuse dZ; the torch recomputation does not
-            states = (*states, dz) if keep else ()
+            kernels = keep and launch.kernel_backward(plan)
+            y, zt, states, anchor = _mlp_forward(plan, launch, q, k, v, eta, alpha, delta, z0,
+                                                 keep, save_ln=kernels)
+            # the backward kernels reuse dZ, u and rstd; the torch recomputation does not
+            states = ((*states, *anchor) if kernels else states) if keep else ()
         ctx.plan, ctx.launch = plan, launch
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, eta, alpha, delta, *states)
@@ -646,16 +672,17 @@ class ChunkedScan(torch.autograd.Function):
     def backward(ctx, gy, *gzt):
         plan, launch = ctx.plan, ctx.launch
         saved = ctx.saved_tensors
-        dz = None
-        if plan.kind == "mlp":
-            *saved, dz = saved
+        anchor = None
+        if plan.kind == "mlp" and launch.kernel_backward(plan):
+            *saved, dz, u, rstd = saved
+            anchor = (dz, u, rstd)
         out = None
         if launch.kernel_backward(plan):
             try:
                 if plan.kind == "matrix":
                     out = _matrix_backward(plan, launch, saved, gy, gzt[0])
                 else:
-                    out = _mlp_backward(plan, launch, saved, dz, gy, gzt)
+                    out = _mlp_backward(plan, launch, saved, anchor, gy, gzt)
             except OutOfResources as exc:  # e.g. a chunk of 128 with d = 128
                 _note(f"the backward kernel does not fit this device ({exc}); the gradients "
                       "are recomputed with torch")
@@ -681,9 +708,10 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     backward : ``"auto"`` or ``"torch"``
         ``"torch"`` forces the chunk-by-chunk torch recomputation for the gradients even where
         the hand-written backward kernel exists (to check one against the other).
-    dot_precision : ``None`` or one of :data:`DOT_PRECISIONS`
-        Precision of the kernels' matrix products (``None``: :func:`dot_precision` picks by
-        the inputs' dtype and the configuration).
+    dot_precision : ``None``, one of :data:`DOT_PRECISIONS`, or a pair of them
+        Precision of the kernels' matrix products, ``(forward state pass, other kernels)`` for
+        a pair
+        (``None``: :func:`dot_precision` picks by the inputs' dtype and the configuration).
     **torch_options
         Passed to the torch backend when a call falls back to it (``checkpoint``, ...).
 

@@ -13,7 +13,8 @@ Per segment, with the anchor ``A = ψ(Z0)`` (Eq 28) and the decay/mask of
   ``dZ = LN'ᵀ dY``, ``dH = (dZ A1) ⊙ σ'(H)``: the per-token gradients are ``dZ_i â_iᵀ`` (W1)
   and ``dH_i k_iᵀ`` (W2);
 * :func:`mlp_state_kernel` (grid ``B·H``, sequential): stores ``dZ`` and the segment-end
-  state ``Z_end = E_C Z0 - (w ⊙ G)ᵀ X`` into the next slot;
+  state ``Z_end = E_C Z0 - (w ⊙ G)ᵀ X`` into the next slot (and, for the backward kernels,
+  ``u = LN(Â A1ᵀ)`` and its ``rstd``);
 * :func:`mlp_output_kernel` (grid ``NSEG × B·H``): the reads
   ``y_t = q_t + LN(ψ(Z1_t) σ(ψ(Z2_t) q_t))``. Identity link: both layers read in the dual
   form ``Z_t x_t = E_t Z0 x_t - Σ_i M[t,i] (r_i·x_t) l_i`` (all ``tl.dot``). ℓq simplified
@@ -170,12 +171,12 @@ def _layer_norm(z, cm, D, LN_EPS):
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_state_kernel(
-    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr,
-    T, H, D, HD, NSEG,
+    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, u_ptr,
+    rstd_ptr, T, H, D, HD, NSEG,
     P, SHARP, EPS, LQ, KLC, LN_EPS,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-    GATE_CW: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
-    PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, SAVE_LN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, PREC: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -207,6 +208,9 @@ def mlp_state_kernel(
                 KLC, BD, BH, PREC, GATE_CW)
             zp += mm(act, tl.trans(a1b), PREC)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
+        if SAVE_LN:  # for mlp_backward_state_kernel: the same e = k + u - v, bit for bit
+            tl.store(u_ptr + tok[:, None] * D + rd[None, :], u, mask=ymask)
+            tl.store(rstd_ptr + tok, rstd, mask=mt)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
         # dz = LN'(z)ᵀ dy
@@ -571,12 +575,12 @@ def mlp_backward_reads_kernel(
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_backward_state_kernel(
-    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr,
-    g1_ptr, g2_ptr, scr_ptr,
+    k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, u_ptr,
+    rstd_ptr, g1_ptr, g2_ptr, scr_ptr,
     gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
     T, H, D, HD, NSEG,
-    P, SHARP, EPS, LN_EPS,
+    P, SHARP, EPS,
     BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr, GATE_CW: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -627,18 +631,14 @@ def mlp_backward_state_kernel(
         elc = tl.exp(lbl)
         wl = tl.exp(lbl - lb)
         w = eta * wl
-        # ---- the forward at the anchor
-        zp = tl.zeros([BC, BD], dtype=tl.float32)
-        for jb in range(0, NB):
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D,
-                                                    HD, BD, BH, PREC, GATE_CW)
-            zp += mm(act, tl.trans(a1b), PREC)
-        u, rstd = _layer_norm(zp, cm, D, LN_EPS)
+        # ---- the forward at the anchor, as mlp_state_kernel left it: u = LN(z), its rstd and
+        # dZ; e and dY as it computed them (so every token keeps its Huber branch)
+        u = tl.load(u_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+        rstd = tl.load(rstd_ptr + tok, mask=mt, other=0.0)
+        dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
         mdu = tl.sum(dy * u, axis=1) / D
-        dz = rstd[:, None] * (dy - (tl.sum(dy, axis=1) / D)[:, None] - u * mdu[:, None])
-        dz = tl.where(ymask, dz, 0.0)
         gdz = tl.load(gdzr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         gk = tl.zeros([BC, BD], dtype=tl.float32)
         if GATE_CW:  # per channel
