@@ -473,12 +473,15 @@ def main(argv=None) -> int:
     report = Report(args.report)
     report.add(env_section(device))
     failed = 0
-    # correctness gets up to 45% of the budget, the stress run up to 60%, the benchmark the rest
+    # correctness gets up to 45% of the budget, the stress run up to 60%, the benchmark the
+    # rest; a section that runs last gets all that is left
+    last = "bench" if "bench" not in skip else "stress" if "stress" not in skip else None
     if "correctness" not in skip:
-        failed += run_correctness(report, device, 0.45 * args.budget, args.dry_run,
-                                  args.gates == "channel")
+        end = args.budget if last is None else 0.45 * args.budget
+        failed += run_correctness(report, device, end, args.dry_run, args.gates == "channel")
     if "stress" not in skip:
-        failed += run_stress(report, device, 0.6 * args.budget, args.dry_run)
+        end = args.budget if last == "stress" else 0.6 * args.budget
+        failed += run_stress(report, device, end, args.dry_run)
     if "bench" not in skip:
         run_bench(report, args.budget, args.bench_args.split())
     verdict = "All checks passed" if failed == 0 else f"{failed} check(s) failed"

@@ -279,14 +279,16 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
 
     float32 inputs: full float32 (``"ieee"``) everywhere. 16-bit inputs: bf16 operands
     (float32 accumulation) for matrix memories without the Huber switch; else ``"tf32x3"``
-    (about float32's accuracy on tensor cores) for the state pass and, for MLP memories,
-    ``"tf32"`` for the other kernels. The reason is measured sensitivity: perturbing the
-    inputs by TF32's relative rounding (2^-11) moves the outputs and states of the torch
-    backend by about 5e-4 for Gated DeltaNet, but by 3e-2 for Yaad (tokens near the switch
-    ``‖e‖ = δ`` of Eq 16 change branch) and 1e-2 for Memora; on an H200 plain TF32 in every
-    kernel gives Yaad gradient errors of 0.3, TF32 outside the state pass 7e-3
+    (about float32's accuracy on tensor cores) for the state pass and, for MLP memories with
+    the identity link, ``"tf32"`` for the other kernels. The reason is measured sensitivity:
+    perturbing the inputs by TF32's relative rounding (2^-11) moves the outputs and states of
+    the torch backend by about 5e-4 for Gated DeltaNet, but by 3e-2 for Yaad (tokens near the
+    switch ``‖e‖ = δ`` of Eq 16 change branch) and 1e-2 for Memora; on an H200 plain TF32 in
+    every kernel gives Yaad gradient errors of 0.3, TF32 outside the state pass 7e-3
     (docs/kernels.md). The matrix backward kernels recompute ``e`` and keep the state pass's
-    precision. ``override``: one of :data:`DOT_PRECISIONS` for every kernel, or a pair
+    precision; with the ℓq and KL links (gradients by the torch recomputation) TF32 makes
+    the MLP output kernel slower (H200: Moneta 37 -> 44 ms, Memora 31 -> 33 ms), so they
+    keep it too. ``override``: one of :data:`DOT_PRECISIONS` for every kernel, or a pair
     ``(state pass, others)``; ``"bf16"`` is refused for MLP memories: Triton 3.6 builds their
     backward kernel with bf16 operands into one that faults (an illegal memory access on an
     H200).
@@ -294,8 +296,8 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
     if override is None:
         if dtype == torch.float32:
             return ("ieee", "ieee")
-        if plan.kind == "mlp":
-            return ("tf32x3", "tf32")
+        if plan.kind == "mlp":  # the faster one for the other kernels
+            return ("tf32x3", "tf32" if plan.link == LINK_CODES["identity"] else "tf32x3")
         huber = plan.bias in (BIAS_CODES["huber_smooth"], BIAS_CODES["huber_exact"])
         return ("tf32x3", "tf32x3") if huber else ("bf16", "bf16")
     pair = (override, override) if isinstance(override, str) else tuple(override)
