@@ -663,8 +663,10 @@ class ChunkedScan(torch.autograd.Function):
             kernels = keep and launch.kernel_backward(plan)
             y, zt, states, anchor = _mlp_forward(plan, launch, q, k, v, eta, alpha, delta, z0,
                                                  keep, save_ln=kernels)
-            # the backward kernels reuse dZ, u and rstd; the torch recomputation does not
-            states = ((*states, *anchor) if kernels else states) if keep else ()
+            if not keep:
+                states = ()
+            elif kernels:  # the backward kernels reuse dZ, u and rstd; torch does not
+                states = (*states, *anchor)
         ctx.plan, ctx.launch = plan, launch
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, eta, alpha, delta, *states)
@@ -674,12 +676,13 @@ class ChunkedScan(torch.autograd.Function):
     def backward(ctx, gy, *gzt):
         plan, launch = ctx.plan, ctx.launch
         saved = ctx.saved_tensors
+        kernels = launch.kernel_backward(plan)
         anchor = None
-        if plan.kind == "mlp" and launch.kernel_backward(plan):
+        if plan.kind == "mlp" and kernels:
             *saved, dz, u, rstd = saved
             anchor = (dz, u, rstd)
         out = None
-        if launch.kernel_backward(plan):
+        if kernels:
             try:
                 if plan.kind == "matrix":
                     out = _matrix_backward(plan, launch, saved, gy, gzt[0])
@@ -711,9 +714,9 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         ``"torch"`` forces the chunk-by-chunk torch recomputation for the gradients even where
         the hand-written backward kernel exists (to check one against the other).
     dot_precision : ``None``, one of :data:`DOT_PRECISIONS`, or a pair of them
-        Precision of the kernels' matrix products, ``(forward state pass, other kernels)`` for
-        a pair
-        (``None``: :func:`dot_precision` picks by the inputs' dtype and the configuration).
+        Precision of the kernels' matrix products; a pair gives ``(forward state pass, other
+        kernels)`` (``None``: :func:`dot_precision` picks by the inputs' dtype and the
+        configuration).
     **torch_options
         Passed to the torch backend when a call falls back to it (``checkpoint``, ...).
 

@@ -37,6 +37,17 @@ def gate_tile(ptr, tok, mt, D, other, BD: tl.constexpr, CW: tl.constexpr):
 
 
 @triton.jit
+def store_gate(ptr, x, tok, mt, D, BD: tl.constexpr, CW: tl.constexpr):
+    """Store a gate's gradient ``x`` (``[BC]``, or ``[BC, BD]`` channel-wise) of the
+    segment's tokens ``tok [BC]``: the twin of :func:`gate_tile`."""
+    if CW:
+        rd = tl.arange(0, BD)
+        tl.store(ptr + tok[:, None] * D + rd[None, :], x, mask=mt[:, None] & (rd < D)[None, :])
+    else:
+        tl.store(ptr + tok, x, mask=mt)
+
+
+@triton.jit
 def gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD: tl.constexpr, CW: tl.constexpr):
     """``(η, lb)`` of the segment's tokens ``tok [BC]`` (valid where ``mt``): ``[BC]`` each,
     or ``[BC, BD]`` channel-wise. Padded tokens get ``η = 0, α = 1``."""

@@ -45,6 +45,7 @@ from .gates import (
     gate_tile,
     gate_tiles,
     scale_cols,
+    store_gate,
     token_gates,
     token_row,
 )
@@ -417,14 +418,7 @@ def matrix_backward_kernel(
         else:
             galpha = tl.where(rc == 0, galpha + tl.sum(tl.sum(ga * z0, axis=1), axis=0),
                               galpha)
-    if GATE_CW:
-        tl.store(geta_ptr + tok[:, None] * DK + rk[None, :], geta, mask=kmask)
-        tl.store(galpha_ptr + tok[:, None] * DK + rk[None, :], galpha, mask=kmask)
-    else:
-        tl.store(geta_ptr + tok, geta, mask=mt)
-        tl.store(galpha_ptr + tok, galpha, mask=mt)
+    store_gate(geta_ptr, geta, tok, mt, DK, BK, GATE_CW)
+    store_gate(galpha_ptr, galpha, tok, mt, DK, BK, GATE_CW)
     if BIAS >= 4:
-        if DELTA_CW:
-            tl.store(gdelta_ptr + tok[:, None] * DV + rv[None, :], gdelta, mask=vmask)
-        else:
-            tl.store(gdelta_ptr + tok, gdelta, mask=mt)
+        store_gate(gdelta_ptr, gdelta, tok, mt, DV, BV, DELTA_CW)

@@ -54,6 +54,7 @@ from .gates import (
     scale_cols,
     scale_rows,
     scale_tokens,
+    store_gate,
     token_gates,
     token_row,
 )
@@ -765,16 +766,9 @@ def mlp_backward_state_kernel(
                  mask=ymask)
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
                  mask=ymask)
-        if GATE_CW:
-            tl.store(geta_ptr + tok[:, None] * D + rd[None, :], geta, mask=ymask)
-            tl.store(galpha_ptr + tok[:, None] * D + rd[None, :], galpha, mask=ymask)
-        else:
-            tl.store(geta_ptr + tok, geta, mask=mt)
-            tl.store(galpha_ptr + tok, galpha, mask=mt)
+        store_gate(geta_ptr, geta, tok, mt, D, BD, GATE_CW)
+        store_gate(galpha_ptr, galpha, tok, mt, D, BD, GATE_CW)
         if BIAS >= 4:
-            if DELTA_CW:
-                tl.store(gdelta_ptr + tok[:, None] * D + rd[None, :], gdelta, mask=ymask)
-            else:
-                tl.store(gdelta_ptr + tok, gdelta, mask=mt)
+            store_gate(gdelta_ptr, gdelta, tok, mt, D, BD, DELTA_CW)
         # the next (earlier) segment reads this segment's start-state gradient
         tl.debug_barrier()
