@@ -90,15 +90,22 @@ def make_inputs(cfg, size: dict, device, dtype, gate_dtype=None, seed: int = 0,
     return q.to(**to), k.to(**to), v.to(**to), {n: a.to(**gto) for n, a in gates.items()}
 
 
-def titans_passes(size: dict, device, dtype):
+def titans_passes(size: dict, device, dtype, every_chunk: bool = False):
     """``(fwd, fwd_bwd)`` closures of titans-pytorch's ``NeuralMemory(dim=H·D, heads=H,
     dim_head=D, chunk_size=chunk, momentum=False)`` on ``[B, T, H·D]`` tokens, under autocast
-    to ``dtype`` unless it is float32. Raises ImportError when titans-pytorch is missing."""
+    to ``dtype`` unless it is float32. Raises ImportError when titans-pytorch is missing.
+
+    By default (its ``batch_size=None``) NeuralMemory evaluates the gradient of every chunk at
+    the weights it starts the call with and sums the updates with an associative scan: no
+    chunk waits for another. ``every_chunk=True`` passes ``batch_size=chunk``: the weights are
+    updated after every chunk and the next chunk's gradient is taken at them, the dependency
+    of MIRAS's chunked form (Eq 28-32) at the same chunk size."""
     from titans_pytorch import NeuralMemory
 
     B, T, H, D = size["B"], size["T"], size["H"], size["D"]
     mem = NeuralMemory(dim=H * D, heads=H, dim_head=D, chunk_size=size["chunk"],
-                       momentum=False).to(device)
+                       momentum=False, batch_size=size["chunk"] if every_chunk else None
+                       ).to(device)
     x = torch.randn(B, T, H * D, device=device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 

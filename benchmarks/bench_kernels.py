@@ -48,6 +48,9 @@ MLP_MODELS = ("yaad", "moneta", "memora")
 FULL = dict(B=4, T=4096, H=16, D=64, expansion=4, chunk=64)
 SMALL = dict(B=1, T=40, H=2, D=16, expansion=2, chunk=16)
 SWEEP_T = (1024, 4096, 16384, 65536, 262144, 1048576)
+TITANS = "titans-pytorch NeuralMemory"
+#: its weights updated after every chunk (``batch_size=chunk``), the chunked form's dependency
+TITANS_EVERY_CHUNK = "titans-pytorch NeuralMemory, batch_size=chunk"
 
 
 @dataclasses.dataclass
@@ -315,8 +318,11 @@ def run(args) -> dict:
         notes.append("peers skipped (--small or --no-peers)")
     else:
         if any(m in MLP_MODELS for m in models):
-            rows += measure("titans-pytorch NeuralMemory", "mlp",
-                            lambda: titans_passes(size, device, dtype), size, device, args)
+            rows += measure(TITANS, "mlp", lambda: titans_passes(size, device, dtype),
+                            size, device, args)
+            rows += measure(TITANS_EVERY_CHUNK, "mlp",
+                            lambda: titans_passes(size, device, dtype, every_chunk=True),
+                            size, device, args)
         if any(m in MATRIX_MODELS for m in models):
             rows += measure("fla chunk_delta_rule", "matrix",
                             lambda: fla_passes(size, device, dtype), size, device, args)
@@ -330,7 +336,7 @@ def run(args) -> dict:
 def ratio_lines(rows: list[Row]) -> list[str]:
     """Speed of each triton row against the torch backend and the peer of its memory kind."""
     by = {(r.name, r.mode): r for r in rows if r.seconds}
-    peers = {"mlp": "titans-pytorch NeuralMemory", "matrix": "fla chunk_delta_rule"}
+    peers = {"mlp": (TITANS, TITANS_EVERY_CHUNK), "matrix": ("fla chunk_delta_rule",)}
     out = []
     for r in rows:
         if not r.name.startswith("miras triton") or not r.seconds:
@@ -342,9 +348,10 @@ def ratio_lines(rows: list[Row]) -> list[str]:
                   and name.split(" (")[0] == f"miras torch {model}"), None)
         if t:
             parts.append(f"{t.seconds / r.seconds:.2f}x the torch backend")
-        p = by.get((peers[r.kind], r.mode))
-        if p:
-            parts.append(f"{p.seconds / r.seconds:.2f}x {peers[r.kind]}")
+        for name in peers[r.kind]:
+            p = by.get((name, r.mode))
+            if p:
+                parts.append(f"{p.seconds / r.seconds:.2f}x {name}")
         if parts:
             out.append(f"{model} {r.mode}: " + ", ".join(parts))
     return out
@@ -374,7 +381,11 @@ def markdown(result: dict, title="Kernel benchmark") -> str:
     lines += ["", "Model TFLOP/s use the FLOP count of docs/kernels.md for every row of a memory "
               "kind (the backward is counted as twice the forward), so within a kind they "
               "compare like tokens/s. titans-pytorch runs its own MLP memory and fla the exact "
-              "delta rule: same sizes, not the same arithmetic."]
+              "delta rule: same sizes, not the same arithmetic. titans-pytorch's default "
+              "(batch_size=None) takes every chunk's gradient at the weights the call starts "
+              "with, all chunks at once; with batch_size=chunk it updates its weights after "
+              "every chunk and takes the next chunk's gradient at them, the dependency of "
+              "the chunked MIRAS form the miras rows compute."]
     if result["sweep"]:
         lines += ["", "### T-scaling sweep (triton, B=1)", "",
                   "| model | pass | T | ms | tokens/s | model TFLOP/s | peak memory | note |",

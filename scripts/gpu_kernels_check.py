@@ -254,9 +254,9 @@ def correctness_table(results, title) -> str:
     return "\n".join(lines)
 
 
-def run_correctness(report, device, budget, dry_run=False, cw_gates=False):
+def run_correctness(report, device, budget, dry_run=False, cw_gates=False, cases=None):
     """The plan below, each part while the budget lasts (skipped cases are reported);
-    ``cw_gates``: every case with channel-wise η, α."""
+    ``cw_gates``: every case with channel-wise η, α; ``cases``: only these case names."""
     bench = ("deltanet", "gated_deltanet", "yaad", "moneta", "memora")
     rest = ("huber_smooth_cw", "lq_simplified", "kl_all_lag")
     d64 = "D=64, chunk 64, T=150 (partial last chunk)"
@@ -281,7 +281,7 @@ def run_correctness(report, device, budget, dry_run=False, cw_gates=False):
         for title, d, size, dtype, only in plan:
             results = []
             for name, (cfg, cw) in kernel_cases(d).items():
-                if only is not None and name not in only:
+                if (only is not None and name not in only) or (cases and name not in cases):
                     continue
                 if report.elapsed() > budget:
                     results.append(dict(name=name, dtype=str(dtype), d=d, size=size,
@@ -458,9 +458,15 @@ def main(argv=None) -> int:
     p.add_argument("--bench-args", default="", help="extra arguments for bench_kernels.py")
     p.add_argument("--gates", default="scalar", choices=["scalar", "channel"],
                    help="η, α of the correctness cases: per token and head, or channel-wise")
+    p.add_argument("--cases", default="",
+                   help="comma list: run only these correctness cases (default: every case)")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny sizes on the CPU under TRITON_INTERPRET=1 (tests this script)")
     args = p.parse_args(argv)
+    cases = {c for c in args.cases.split(",") if c}
+    if cases - set(kernel_cases(16)):
+        p.error(f"--cases: unknown case(s) {sorted(cases - set(kernel_cases(16)))}; known: "
+                f"{sorted(kernel_cases(16))}")
     if args.dry_run:
         device = torch.device("cpu")
         args.bench_args = "--small --device cpu " + args.bench_args
@@ -478,7 +484,8 @@ def main(argv=None) -> int:
     last = "bench" if "bench" not in skip else "stress" if "stress" not in skip else None
     if "correctness" not in skip:
         end = args.budget if last is None else 0.45 * args.budget
-        failed += run_correctness(report, device, end, args.dry_run, args.gates == "channel")
+        failed += run_correctness(report, device, end, args.dry_run, args.gates == "channel",
+                                  cases)
     if "stress" not in skip:
         end = args.budget if last == "stress" else 0.6 * args.budget
         failed += run_stress(report, device, end, args.dry_run)

@@ -65,6 +65,19 @@ def powabs(x, y):
 
 
 @triton.jit
+def abs_pow(z, Q, QI: tl.constexpr):
+    """``|z|^Q``; by ``QI - 1`` products when ``Q`` is the integer ``QI > 0``."""
+    a = tl.abs(z)
+    if QI > 0:
+        r = a
+        for _ in tl.static_range(QI - 1):
+            r = r * a
+    else:
+        r = tl.where(a > 0.0, tl.exp2(Q * tl.log2(tl.where(a > 0.0, a, 1.0))), 0.0)
+    return r
+
+
+@triton.jit
 def gelu(x):
     """GELU, tanh form: ``½x(1 + tanh(u)) = x σ(2u)``, ``u = √(2/π)(x + 0.044715 x³)``."""
     u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
@@ -182,6 +195,17 @@ def qnorm_update(m, acc, x, Q):
     safe = tl.where(mn > 0.0, mn, 1.0)
     # acc (m/mn)^Q + Σ |x/mn|^Q
     acc = acc * powabs(m / safe, Q) + tl.sum(tl.sum(powabs(x / safe, Q), axis=1), axis=0)
+    return mn, acc
+
+
+@triton.jit
+def token_qnorm_update(m, acc, z, Q, QI: tl.constexpr):
+    """:func:`qnorm_update` for every token at once: row ``t`` of ``z [BC, F]`` holds entries
+    of token ``t``'s state; ``m, acc [BC]`` its running ``max |Z_t|`` and ``Σ |Z_t / m|^Q``."""
+    mn = tl.maximum(m, tl.max(tl.abs(z), axis=1))
+    inv = 1.0 / tl.where(mn > 0.0, mn, 1.0)
+    # acc (m/mn)^Q + Σ |z/mn|^Q
+    acc = acc * abs_pow(m * inv, Q, QI) + tl.sum(abs_pow(z * inv[:, None], Q, QI), axis=1)
     return mn, acc
 
 

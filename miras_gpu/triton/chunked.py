@@ -436,6 +436,7 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     with ``save_ln`` also the anchor output's ``u = LN(z) [B, T, H, d]`` and ``rstd
     [B, T, H]`` (else ``None``), which the backward kernels reuse."""
     from .mlp import mlp_output_kernel, mlp_state_kernel
+    from .token_norms import q_int
 
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
@@ -472,8 +473,10 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
         mlp_output_kernel[(n, L.B * L.H)](
             q, k, eta, alpha, bounds, s1, s2, dz, y,
             L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
-            LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=bd,
-            BH=L.block_hidden, PREC=L.prec, num_warps=L.num_warps, num_stages=1)
+            LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, QI=q_int(plan.q),
+            BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
+            NORM_PREC="ieee" if L.prec == "ieee" else "tf32", num_warps=L.num_warps,
+            num_stages=1)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]

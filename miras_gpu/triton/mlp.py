@@ -42,6 +42,7 @@ from ._math import (
     mm,
     qnorm_update,
     segment_tiles,
+    token_qnorm_update,
 )
 from .gates import (
     anchor_scale,
@@ -263,13 +264,41 @@ def _token_step(z2, z1, dh, act, k_ptr, eta_ptr, alpha_ptr, dz_ptr, ti, i, D,
     return z2, z1
 
 
+@triton.jit
+def _token_norms_block(mx1, ac1, mx2, ac2, s1_ptr, s2_ptr, base, jb, k_ptr, dz_ptr, tok, mt,
+                       el, mask, dh, act, D, HD, LQ, QI: tl.constexpr, BH: tl.constexpr,
+                       PREC: tl.constexpr):
+    """Add hidden block ``jb`` of every token's state to the ``‖Z_t‖_q`` accumulators
+    ``(mx, ac) [BC]`` of :func:`~._math.token_qnorm_update` (scalar gates).
+
+    Eq 29 for all the segment's tokens at once, one row ``c`` of the block per product:
+    ``Z1_t[c, j] = E_t Z1[c, j] - Σ_i M[t, i] dZ_i[c] â_i[j]`` and, for ``W2`` read by its
+    columns, ``Z2_t[j, c] = E_t Z2[j, c] - Σ_i M[t, i] dH_i[j] k_i[c]``: ``[BC, BH]`` each
+    (``el = E [BC]``, ``mask = M [BC, BC]``, ``dh, act [BC, BH]``). The rank-1 factors over
+    ``c`` come from memory (``k``, ``dZ``), those over ``j`` are the block's tiles.
+    """
+    rj = jb * BH + tl.arange(0, BH)
+    hm = rj < HD
+    for c in range(0, D):
+        kc = tl.load(k_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
+        z0 = tl.load(s2_ptr + base + rj * D + c, mask=hm, other=0.0)
+        z = el[:, None] * z0[None, :] - mm(mask, kc[:, None] * dh, PREC)
+        mx2, ac2 = token_qnorm_update(mx2, ac2, z, LQ, QI)
+        dzc = tl.load(dz_ptr + tok * D + c, mask=mt, other=0.0)
+        z0 = tl.load(s1_ptr + base + c * HD + rj, mask=hm, other=0.0)
+        z = el[:, None] * z0[None, :] - mm(mask, dzc[:, None] * act, PREC)
+        mx1, ac1 = token_qnorm_update(mx1, ac1, z, LQ, QI)
+    return mx1, ac1, mx2, ac2
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_output_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr,
     T, H, D, HD, NSEG,
     LQ, KLC, LN_EPS,
-    LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr,
+    LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, QI: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    NORM_PREC: tl.constexpr,
 ):
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -335,8 +364,8 @@ def mlp_output_kernel(
         sct1 = tl.full([BC], 1.0, tl.float32)
         sct2 = tl.full([BC], 1.0, tl.float32)
         if LINK == 1:
-            # Moneta: ‖Z_t‖_q of every token's state, by the rank-1 recurrence per block
-            # overflow-safe ‖·‖_q accumulators per token (see _math.qnorm_update)
+            # Moneta: ‖Z_t‖_q of every token's state, in overflow-safe accumulators
+            # (see _math.qnorm_update)
             mx1 = tl.zeros([BC], dtype=tl.float32)
             ac1 = tl.zeros([BC], dtype=tl.float32)
             mx2 = tl.zeros([BC], dtype=tl.float32)
@@ -346,19 +375,24 @@ def mlp_output_kernel(
                     s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                     KLC, BD, BH, PREC, GATE_CW)
                 dh = mm(dz, a1b, PREC) * gelu_grad(hb)
-                for i in range(0, n):
-                    ti = (b * T + s0 + i) * H + h
-                    z2, z1 = _token_step(z2, z1, dh, act, k_ptr, eta_ptr, alpha_ptr, dz_ptr, ti,
-                                         i, D, BC, BD, GATE_CW)
-                    sel = rc == i
-                    m2i, a2i = qnorm_update(tl.sum(tl.where(sel, mx2, 0.0), axis=0),
-                                            tl.sum(tl.where(sel, ac2, 0.0), axis=0), z2, LQ)
-                    m1i, a1i = qnorm_update(tl.sum(tl.where(sel, mx1, 0.0), axis=0),
-                                            tl.sum(tl.where(sel, ac1, 0.0), axis=0), z1, LQ)
-                    mx2 = tl.where(sel, m2i, mx2)
-                    ac2 = tl.where(sel, a2i, ac2)
-                    mx1 = tl.where(sel, m1i, mx1)
-                    ac1 = tl.where(sel, a1i, ac1)
+                if GATE_CW:  # the rank-1 recurrence, token by token
+                    for i in range(0, n):
+                        ti = (b * T + s0 + i) * H + h
+                        z2, z1 = _token_step(z2, z1, dh, act, k_ptr, eta_ptr, alpha_ptr, dz_ptr,
+                                             ti, i, D, BC, BD, GATE_CW)
+                        sel = rc == i
+                        m2i, a2i = qnorm_update(tl.sum(tl.where(sel, mx2, 0.0), axis=0),
+                                                tl.sum(tl.where(sel, ac2, 0.0), axis=0), z2, LQ)
+                        m1i, a1i = qnorm_update(tl.sum(tl.where(sel, mx1, 0.0), axis=0),
+                                                tl.sum(tl.where(sel, ac1, 0.0), axis=0), z1, LQ)
+                        mx2 = tl.where(sel, m2i, mx2)
+                        ac2 = tl.where(sel, a2i, ac2)
+                        mx1 = tl.where(sel, m1i, mx1)
+                        ac1 = tl.where(sel, a1i, ac1)
+                else:  # every token at once, one row of the block per product
+                    mx1, ac1, mx2, ac2 = _token_norms_block(
+                        mx1, ac1, mx2, ac2, s1_ptr, s2_ptr, base, jb, k_ptr, dz_ptr, tok, mt,
+                        el, mask, dh, act, D, HD, LQ, QI, BH, NORM_PREC)
             sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
             sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
         # dual-form reads: Z2_t q_t and Z1_t σ(h_t) without forming Z_t

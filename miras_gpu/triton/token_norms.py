@@ -36,23 +36,10 @@ import triton
 import triton.language as tl
 from torch.library import custom_op
 
-from ._math import mm
+from ._math import abs_pow, mm
 
 #: ``tl.dot`` precisions of the op (see :func:`miras_gpu.triton._math.mm`)
 PRECISIONS = ("ieee", "tf32")
-
-
-@triton.jit
-def _abs_pow(z, Q, QI: tl.constexpr):
-    """``|z|^Q``; by ``QI - 1`` products when ``Q`` is the integer ``QI > 0``."""
-    a = tl.abs(z)
-    if QI > 0:
-        r = a
-        for _ in tl.static_range(QI - 1):
-            r = r * a
-    else:
-        r = tl.where(a > 0.0, tl.exp2(Q * tl.log2(tl.where(a > 0.0, a, 1.0))), 0.0)
-    return r
 
 
 @triton.jit
@@ -103,7 +90,7 @@ def token_power_sums_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, right_ptr, ou
                                SL_N, SL_C, SL_R, SR_N, SR_C, SR_S, BC, RB, BS)
         # Eq 29 for every token at once: Z[t, (r, s)] = d_t Z0[r, s] - Σ_i m[t, i] l_i[r] r_i[s]
         z = d[:, None] * z0[None, :] - mm(m, g, PREC)
-        acc += tl.sum(_abs_pow(z, Q, QI), 1)
+        acc += tl.sum(abs_pow(z, Q, QI), 1)
     cc = tl.arange(0, BC)
     tl.store(out_ptr + (n * N_RB + rb) * C + cc, acc, mask=cc < C)
 
@@ -135,10 +122,10 @@ def token_power_sums_backward_kernel(z0_ptr, decay_ptr, mask_ptr, left_ptr, righ
         z = d[:, None] * z0[None, :] - mm(m, g, PREC)
         # Φ[t, f] = g_t q sign(Z) |Z|^{q-1}
         if QI > 0:
-            phi = (gn * Q)[:, None] * z * _abs_pow(z, Q - 2.0, QI - 2)
+            phi = (gn * Q)[:, None] * z * abs_pow(z, Q - 2.0, QI - 2)
         else:
             sg = tl.where(z > 0.0, 1.0, tl.where(z < 0.0, -1.0, 0.0))
-            phi = (gn * Q)[:, None] * sg * _abs_pow(z, Q - 1.0, 0)
+            phi = (gn * Q)[:, None] * sg * abs_pow(z, Q - 1.0, 0)
         rr = r0 + tl.arange(0, RB)
         rm = rr < R
         gz0 = tl.reshape(tl.sum(d[:, None] * phi, 0), (RB, BS))
@@ -179,7 +166,7 @@ def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int, tuple[int,
     return BC, RB, BS, rows, triton.cdiv(R, rows), warps
 
 
-def _q_int(q: float) -> int:
+def q_int(q: float) -> int:
     """``q`` as a constexpr integer when it is one (2 <= q <= 8), else 0."""
     return int(q) if float(q).is_integer() and 2 <= q <= 8 else 0
 
@@ -194,7 +181,7 @@ def _power_sums_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.Tensor,
     part = torch.empty((N, n_rb, C), dtype=torch.float32, device=z0.device)
     token_power_sums_kernel[(N, n_rb)](
         z0, decay, mask, left, right, part, C, R, S, n_rb, *z0.stride(), *decay.stride(),
-        *mask.stride(), *left.stride(), *right.stride(), Q=float(q), QI=_q_int(q),
+        *mask.stride(), *left.stride(), *right.stride(), Q=float(q), QI=q_int(q),
         BC=BC, RB=RB, BS=BS, ROWS=rows, PREC=precision, num_warps=warps[0])
     return part.sum(1)
 
@@ -215,7 +202,7 @@ def _power_sums_backward_op(z0: torch.Tensor, decay: torch.Tensor, mask: torch.T
     token_power_sums_backward_kernel[(N, n_rb)](
         z0, decay, mask, left, right, g, gz0, gdecay, gmask, gleft, gright,
         C, R, S, n_rb, *z0.stride(), *decay.stride(), *mask.stride(), *left.stride(),
-        *right.stride(), *g.stride(), Q=float(q), QI=_q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
+        *right.stride(), *g.stride(), Q=float(q), QI=q_int(q), BC=BC, RB=RB, BS=BS, ROWS=rows,
         PREC=precision, num_warps=warps[1])
     return [gz0, gdecay.sum(1), gmask.sum(1), gleft, gright.sum(1)]
 
