@@ -356,11 +356,8 @@ def mlp_output_kernel(
                                acc)
         zq = KLC * acc / tl.where(lrun > 0.0, lrun, 1.0)
     else:
-        if GATE_CW:  # P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]
-            pm = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)
-        else:
+        if not GATE_CW:
             mask = decay_mask(lb, mt, BC) * eta[None, :]
-            pm = mm(qt, tl.trans(kt), PREC) * mask
         sct1 = tl.full([BC], 1.0, tl.float32)
         sct2 = tl.full([BC], 1.0, tl.float32)
         if LINK == 1:
@@ -396,6 +393,10 @@ def mlp_output_kernel(
             sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
             sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
         # dual-form reads: Z2_t q_t and Z1_t σ(h_t) without forming Z_t
+        if GATE_CW:  # P[t, i] = Σ_c q_t[c] k_i[c] M[t, i, c]
+            pm = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)
+        else:
+            pm = mm(qt, tl.trans(kt), PREC) * mask
         zq0 = tl.zeros([BC, BD], dtype=tl.float32)
         sa = tl.zeros([BC, BC], dtype=tl.float32)
         for jb in range(0, NB):
