@@ -288,10 +288,11 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
     (docs/kernels.md). The matrix backward kernels recompute ``e`` and keep the state pass's
     precision; with the ℓq and KL links (gradients by the torch recomputation) TF32 makes
     the MLP output kernel slower (H200: Moneta 37 -> 44 ms, Memora 31 -> 33 ms), so they
-    keep it too. ``override``: one of :data:`DOT_PRECISIONS` for every kernel, or a pair
-    ``(state pass, others)``; ``"bf16"`` is refused for MLP memories: Triton 3.6 builds their
-    backward kernel with bf16 operands into one that faults (an illegal memory access on an
-    H200).
+    keep it too; only the products that form Moneta's per-token states for their norms run
+    in TF32 there (``ieee`` for float32 inputs). ``override``: one of
+    :data:`DOT_PRECISIONS` for every kernel, or a pair ``(state pass, others)``; ``"bf16"``
+    is refused for MLP memories: Triton 3.6 builds their backward kernel with bf16 operands
+    into one that faults (an illegal memory access on an H200).
     """
     if override is None:
         if dtype == torch.float32:
