@@ -19,7 +19,9 @@ Per segment, with the anchor ``A = ψ(Z0)`` (Eq 28) and the decay/mask of
   ``y_t = q_t + LN(ψ(Z1_t) σ(ψ(Z2_t) q_t))``. Identity link: both layers read in the dual
   form ``Z_t x_t = E_t Z0 x_t - Σ_i M[t,i] (r_i·x_t) l_i`` (all ``tl.dot``). ℓq simplified
   link (Moneta): the same dual-form reads scaled by ``‖Z_t‖_q^{2-q}``, whose per-token norms
-  come from the rank-1 recurrence ``Z_t = α_t Z_{t-1} - η_t l_t r_tᵀ`` over each block.
+  come, with scalar gates, from every token's state formed one row of a block per product
+  (:func:`_token_norms_block`), with channel-wise gates from the rank-1 recurrence
+  ``Z_t = α_t Z_{t-1} - η_t l_t r_tᵀ`` over each block.
   KL link (Memora, softmax over each row): the per-token states are formed by that
   recurrence, ``W2_t`` rows are softmaxed inside a block, ``W1_t`` rows (over ``Ed``) by an
   online softmax across blocks.
