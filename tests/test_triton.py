@@ -270,6 +270,18 @@ def test_odd_sizes_partial_chunk_and_defaults():
     assert err(leaves[0].grad, qq.grad) <= TOL
 
 
+@pytest.mark.parametrize("cw_gates", [False, True])
+def test_moneta_norms_at_odd_sizes(cw_gates):
+    """Moneta's per-token norms (tensor-core rows with scalar gates, the recurrence with
+    channel-wise ones) at d = 24 (padded to 32), hidden 96 (a partial second block of 64),
+    chunk 12 (padded to 16, last chunk partial): output, final state and every gradient
+    against the torch backend in float64, within the torch backend's own float32 error."""
+    cfg = zoo.moneta(24)
+    q, k, v, gates, init = make_inputs(cfg, t=29, h=1, seed=13, cw_gates=cw_gates)
+    tol = _torch32_tol(cfg, q, k, v, gates, init, 12)
+    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12), tol)
+
+
 @pytest.mark.parametrize("name", ["gated_deltanet", "yaad"])
 def test_state_continues_a_sequence(name):
     """Two calls split at a chunk boundary, the first's final state the second's initial
