@@ -464,9 +464,9 @@ def main(argv=None) -> int:
                    help="tiny sizes on the CPU under TRITON_INTERPRET=1 (tests this script)")
     args = p.parse_args(argv)
     cases = {c for c in args.cases.split(",") if c}
-    if cases - set(kernel_cases(16)):
-        p.error(f"--cases: unknown case(s) {sorted(cases - set(kernel_cases(16)))}; known: "
-                f"{sorted(kernel_cases(16))}")
+    known = set(kernel_cases(16))
+    if cases - known:
+        p.error(f"--cases: unknown case(s) {sorted(cases - known)}; known: {sorted(known)}")
     if args.dry_run:
         device = torch.device("cpu")
         args.bench_args = "--small --device cpu " + args.bench_args

@@ -289,7 +289,8 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
     precision; with the ℓq and KL links (gradients by the torch recomputation) TF32 makes
     the MLP output kernel slower (H200: Moneta 37 -> 44 ms, Memora 31 -> 33 ms), so they
     keep it too; only the products that form Moneta's per-token states for their norms run
-    in TF32 there (``ieee`` for float32 inputs). ``override``: one of
+    in TF32 there, or ``ieee`` where the other kernels do (float32 inputs, or that
+    override); they have no precision argument of their own. ``override``: one of
     :data:`DOT_PRECISIONS` for every kernel, or a pair ``(state pass, others)``; ``"bf16"``
     is refused for MLP memories: Triton 3.6 builds their backward kernel with bf16 operands
     into one that faults (an illegal memory access on an H200).
