@@ -309,10 +309,11 @@ def run(args) -> dict:
                                 m, b, size, device, dtype, c, args.dot_precision,
                                 args.torch_compile, args.gates == "channel"),
                             size, device, args)
-            if graphs:
-                from miras_gpu.torch.graphed import clear_graphs
+            # the memory pools of the captured graphs (the torch backend's with "graphs", the
+            # triton backend's recomputed backward on CUDA), before the next row
+            from miras_gpu.torch.graphed import clear_graphs
 
-                clear_graphs()  # the captured graphs' memory pools, before the next row
+            clear_graphs()
     notes = []
     if args.small or args.no_peers:
         notes.append("peers skipped (--small or --no-peers)")

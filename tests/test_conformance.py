@@ -366,6 +366,41 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
     _assert_rel_close(res[1], res[0], COMPILE_BOUND)
 
 
+@needs_cuda
+@pytest.mark.parametrize("model", ["moneta", "memora"])
+def test_triton_backward_graph_cuda(monkeypatch, model):
+    """The triton backend's torch recomputation of the backward (Moneta's ℓq link and
+    Memora's KL link with its lag token have no backward kernel), replayed as one CUDA graph
+    (``GRAPH_BACKWARD``), gives the gradients of the same recomputation launched op by op: on
+    replays with fresh inputs after the capture on other ones, for a loss on the output and
+    the final state and for one on the final state alone (no output gradient)."""
+    from miras_gpu.torch.graphed import clear_graphs
+    from miras_gpu.triton import chunked as tchunked
+
+    # both paths compile the chunk steps from this length on: the graph replays those kernels
+    monkeypatch.setattr(tchunked, "COMPILE_MIN_TOKENS", 40)
+    size = (2, 40, 2, 16)
+    cfg, _, _ = _inputs(model, size, expansion=2)
+
+    def run(seed, graph, final_only):
+        monkeypatch.setattr(tchunked, "GRAPH_BACKWARD", graph)
+        t = conf._to_torch(conf.make_inputs(cfg, model, size, seed), torch.float32, DEVICE, True)
+        y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
+                                      initial_state=t["initial_state"], output_final_state=True,
+                                      backend="triton")
+        outs = list(s.values()) if final_only else [y, *s.values()]
+        return [g for g in _flat_grads(t, outs) if g is not None]
+
+    clear_graphs()
+    for final_only in (False, True):
+        run(0, True, final_only)  # captures the graph of this call shape
+        for seed in (1, 2):
+            graphed, eager = run(seed, True, final_only), run(seed, False, final_only)
+            assert len(graphed) == len(eager) > 0
+            _assert_rel_close(graphed, eager, 1e-6)
+    clear_graphs()
+
+
 def _spy(monkeypatch, name: str, record=lambda *a: 1) -> list:
     """Wrap ``miras_gpu.torch.chunked.<name>`` so each call appends ``record(*args)`` to the
     returned list and then runs the real function."""

@@ -12,7 +12,9 @@ gradients (inference, ``torch.no_grad``) the loop is one forward graph.
 
 The cost: one capture (and compilation) per distinct shape, dtype and ``requires_grad``
 pattern, and the graph keeps its activations in a private memory pool for as long as it is
-cached (:func:`clear_graphs` frees them).
+cached (:func:`clear_graphs` frees them). The ``triton`` backend captures its torch
+recomputation of the backward pass the same way (:func:`graphed_call`, one graph without
+autograd around it).
 """
 
 from __future__ import annotations
@@ -66,18 +68,19 @@ def graphed_chunked_forward(config, q, k, v, gates: dict, z: dict, chunk_size: i
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad and training)
                         for t in flat)
         graphed = (torch.cuda.make_graphed_callables(loop, samples) if training
-                   else _graphed_inference(loop, samples))
+                   else capture(loop, samples))
         entry = (config, graphed)
         _GRAPHED[key] = entry
     outs = entry[1](*flat)
     return outs[0].clone(), {n: o.clone() for n, o in zip(state_names, outs[1:])}
 
 
-def _graphed_inference(fn, samples: tuple):
-    """``fn`` captured as one CUDA graph without autograd (the no-gradient twin of
-    :func:`torch.cuda.make_graphed_callables`): a call copies its tensors into ``samples``
-    and replays the graph; the returned tensors are the graph's, overwritten by the next
-    replay."""
+def capture(fn, samples: tuple):
+    """``fn(*samples)`` captured as one CUDA graph, outside autograd (the no-gradient twin of
+    :func:`torch.cuda.make_graphed_callables`; ``fn`` may still differentiate its own
+    leaves with :func:`torch.autograd.grad`). ``fn`` returns a tuple of tensors (or None).
+    A call of the returned function copies its tensors into ``samples`` and replays the
+    graph; the tensors it returns are the graph's, overwritten by the next replay."""
     with torch.no_grad():
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -96,3 +99,16 @@ def _graphed_inference(fn, samples: tuple):
         return outs
 
     return replay
+
+
+def graphed_call(key: tuple, config, fn, tensors: tuple) -> tuple:
+    """``fn(*tensors)`` (a tuple of tensors or None) through a capture cached under
+    ``(key, the tensors' shapes, dtypes and devices)`` for ``config``; the returned tensors
+    are copies. ``fn`` must depend on nothing but its arguments and what ``key`` names."""
+    key = (id(config), *key, tuple(_signature(t) for t in tensors))
+    entry = _GRAPHED.get(key)
+    if entry is None or entry[0] is not config:
+        samples = tuple(t.detach().clone() for t in tensors)
+        entry = (config, capture(fn, samples))
+        _GRAPHED[key] = entry
+    return tuple(None if o is None else o.clone() for o in entry[1](*tensors))

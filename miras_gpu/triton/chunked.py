@@ -16,7 +16,7 @@ DeltaNet, GLA, ...; MLP: Yaad,                                for the MLP the re
 TTT-MLP)                                                      then the state gradient)
 ℓq / KL links (Moneta,         Triton (state pass + reads;    torch autograd, chunk by chunk,
 Memora, ...), a lag token,     per-token states or norms      from the stored chunk states
-or head dims above 64          where the link needs them)
+or head dims above 64          where the link needs them)     (one CUDA graph on CUDA)
 anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
 
@@ -548,16 +548,28 @@ def _chunk_starts(plan: Plan, L: Launch, states) -> tuple:
     """The stored states at the start of every chunk: the segments whose first token is a
     multiple of the chunk size (with a lag token a chunk of two or more tokens is two
     segments, a chunk of one token is one, :func:`segments`)."""
-    bounds, _ = segments(L.T, L.chunk_size, plan.config.lag_token)
-    first = [j for j, b in enumerate(bounds[:-1]) if b % L.chunk_size == 0]
-    index = torch.tensor(first, device=states[0].device)
+    index = _chunk_start_index(L.T, L.chunk_size, plan.config.lag_token, states[0].device)
     return tuple(s.index_select(2, index) for s in states)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_start_index(T: int, chunk_size: int, lag_token: bool,
+                       device: torch.device) -> torch.Tensor:
+    """The indices of the segments that start a chunk, on ``device``, made once per layout (a
+    host-to-device copy cannot run inside a CUDA-graph capture). Read-only."""
+    bounds, _ = segments(T, chunk_size, lag_token)
+    first = [j for j, b in enumerate(bounds[:-1]) if b % chunk_size == 0]
+    return torch.tensor(first, device=device)
 
 
 #: the torch recomputation of the backward (:func:`_torch_backward`) compiles its chunk steps
 #: on CUDA for sequences of at least this many tokens: the compilation takes tens of seconds
 #: per configuration and chunk shape, which only long sequences (and repeated calls) repay
 COMPILE_MIN_TOKENS = 2048
+#: on CUDA the recomputation of the backward (:func:`_torch_backward`) for sequences of at
+#: least :data:`COMPILE_MIN_TOKENS` tokens runs as one CUDA graph, captured once per call shape
+#: (:func:`_graphed_torch_backward`); ``False``: launched op by op
+GRAPH_BACKWARD = True
 #: chunks whose reads :func:`_torch_backward` recomputes (and differentiates) as one batch:
 #: the activations of the recomputation are those of this many chunks
 BACKWARD_WINDOW = 16
@@ -648,6 +660,31 @@ def _torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
     return (*out, tuple(gz))
 
 
+def _graphed_torch_backward(plan: Plan, L: Launch, saved, gy, gzt):
+    """:func:`_torch_backward` replayed from a CUDA graph captured once per call shape
+    (:func:`miras_gpu.torch.graphed.graphed_call`): the recomputation is thousands of small
+    kernels, chunk after chunk, whose launches (not their arithmetic) set its speed. The
+    graph's memory pool holds its intermediates while it is cached
+    (:func:`miras_gpu.torch.graphed.clear_graphs` frees it). Same values as
+    :func:`_torch_backward`."""
+    from ..torch.graphed import graphed_call
+
+    flat = (*saved, gy, *gzt)
+    present = tuple(t is not None for t in flat)
+    n_saved = len(saved)
+
+    def backward(*tensors):
+        it = iter(tensors)
+        args = [next(it) if p else None for p in present]
+        *grads, gz = _torch_backward(plan, L, args[:n_saved], args[n_saved],
+                                     tuple(args[n_saved + 1:]))
+        return (*grads, *gz)
+
+    out = graphed_call(("triton_backward", L.chunk_size, present), plan.config, backward,
+                       tuple(t for t in flat if t is not None))
+    return (*out[:6], tuple(out[6:]))
+
+
 def _sum(like: torch.Tensor, *parts) -> torch.Tensor:
     """The sum of the gradients ``parts`` that exist (None: no dependence), zeros like
     ``like`` if none does."""
@@ -697,7 +734,10 @@ class ChunkedScan(torch.autograd.Function):
                 _note(f"the backward kernel does not fit this device ({exc}); the gradients "
                       "are recomputed with torch")
         if out is None:
-            out = _torch_backward(plan, launch, saved, gy, gzt)
+            graphed = (GRAPH_BACKWARD and launch.T >= COMPILE_MIN_TOKENS
+                       and saved[0].device.type == "cuda")
+            out = (_graphed_torch_backward if graphed else _torch_backward)(
+                plan, launch, saved, gy, gzt)
         *first, gz0 = out
         return (None, None, *first, *gz0)
 
