@@ -373,7 +373,9 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
     Memora's KL link with its lag token have no backward kernel), replayed as one CUDA graph
     (``GRAPH_BACKWARD``), gives the gradients of the same recomputation launched op by op: on
     replays with fresh inputs after the capture on other ones, for a loss on the output and
-    the final state and for one on the final state alone (no output gradient)."""
+    the final state and for one on the final state alone (no output gradient). An equal
+    configuration object (each layer of a model builds its own) replays the same graph."""
+    from miras_gpu.torch import graphed
     from miras_gpu.torch.graphed import clear_graphs
     from miras_gpu.triton import chunked as tchunked
 
@@ -382,7 +384,7 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
     size = (2, 40, 2, 16)
     cfg, _, _ = _inputs(model, size, expansion=2)
 
-    def run(seed, graph, final_only):
+    def run(seed, graph, final_only, cfg=cfg):
         monkeypatch.setattr(tchunked, "GRAPH_BACKWARD", graph)
         t = conf._to_torch(conf.make_inputs(cfg, model, size, seed), torch.float32, DEVICE, True)
         y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
@@ -395,9 +397,15 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
     for final_only in (False, True):
         run(0, True, final_only)  # captures the graph of this call shape
         for seed in (1, 2):
-            graphed, eager = run(seed, True, final_only), run(seed, False, final_only)
-            assert len(graphed) == len(eager) > 0
-            _assert_rel_close(graphed, eager, 1e-6)
+            replayed, eager = run(seed, True, final_only), run(seed, False, final_only)
+            assert len(replayed) == len(eager) > 0
+            _assert_rel_close(replayed, eager, 1e-6)
+    captured = len(graphed._GRAPHED)
+    assert captured == 2
+    twin = dataclasses.replace(cfg)
+    assert twin is not cfg
+    _assert_rel_close(run(3, True, False, twin), run(3, False, False, twin), 1e-6)
+    assert len(graphed._GRAPHED) == captured
     clear_graphs()
 
 

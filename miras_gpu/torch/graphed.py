@@ -31,6 +31,14 @@ def clear_graphs() -> None:
     _GRAPHED.clear()
 
 
+def _equal(a, b) -> bool:
+    """``a == b`` for configurations, False where the comparison fails (array fields)."""
+    try:
+        return a is b or bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
 def _signature(t: torch.Tensor) -> tuple:
     return tuple(t.shape), t.dtype, t.device, t.requires_grad
 
@@ -103,11 +111,16 @@ def capture(fn, samples: tuple):
 
 def graphed_call(key: tuple, config, fn, tensors: tuple) -> tuple:
     """``fn(*tensors)`` (a tuple of tensors or None) through a capture cached under
-    ``(key, the tensors' shapes, dtypes and devices)`` for ``config``; the returned tensors
-    are copies. ``fn`` must depend on nothing but its arguments and what ``key`` names."""
-    key = (id(config), *key, tuple(_signature(t) for t in tensors))
+    ``(config, key, the tensors' shapes, dtypes and devices)``; the returned tensors are
+    copies. ``fn`` must depend on nothing but its arguments, the value of ``config`` and what
+    ``key`` names.
+
+    Equal configurations share a capture (the layers of a model each build their own config
+    object): a call copies its tensors in and its results out, so unlike the autograd graphs
+    of :func:`graphed_chunked_forward` nothing of one call outlives it in the graph."""
+    key = (repr(config), *key, tuple(_signature(t) for t in tensors))
     entry = _GRAPHED.get(key)
-    if entry is None or entry[0] is not config:
+    if entry is None or not _equal(entry[0], config):
         samples = tuple(t.detach().clone() for t in tensors)
         entry = (config, capture(fn, samples))
         _GRAPHED[key] = entry

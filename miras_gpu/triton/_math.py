@@ -6,7 +6,8 @@ Triton from 3.0 on and in the CPU interpreter (``TRITON_INTERPRET=1``). Constant
 of :mod:`miras_ref` (GELU tanh form, Remark 5 smoothing); the float parameters of the biases and
 gates (``p``, sharpness ``a``, ``ε``, ``q``, ``c``) are kernel arguments read from the config.
 
-Integer codes (``tl.constexpr`` kernel arguments; the Python side picks them in ``plan.py``):
+Integer codes (``tl.constexpr`` kernel arguments; the Python side picks them in
+:func:`miras_gpu.triton.chunked.plan_for`):
 
 ===========  ==================================================================
 ``BIAS``     0 dot product, 1 ℓ2, 2 ℓp smooth (Remark 5), 3 ℓp exact,
@@ -64,9 +65,15 @@ def powabs(x, y):
     return tl.where(ax > 0.0, r, tl.where(y == 0.0, 1.0, 0.0))
 
 
+def q_int(q: float) -> int:
+    """The ``QI`` argument of :func:`abs_pow` for the exponent ``q`` (host side): ``q`` as an
+    integer when it is one (2 <= q <= 8), else 0."""
+    return int(q) if float(q).is_integer() and 2 <= q <= 8 else 0
+
+
 @triton.jit
 def abs_pow(z, Q, QI: tl.constexpr):
-    """``|z|^Q``; by ``QI - 1`` products when ``Q`` is the integer ``QI > 0``."""
+    """``|z|^Q``; by ``QI - 1`` products when ``Q`` is the integer ``QI > 0`` (:func:`q_int`)."""
     a = tl.abs(z)
     if QI > 0:
         r = a

@@ -437,8 +437,8 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     ``T``. ``dZ [B, T, H, d]`` (float32) is the loss gradient at every token's anchor output;
     with ``save_ln`` also the anchor output's ``u = LN(z) [B, T, H, d]`` and ``rstd
     [B, T, H]`` (else ``None``), which the backward kernels reuse."""
+    from ._math import q_int
     from .mlp import mlp_output_kernel, mlp_state_kernel
-    from .token_norms import q_int
 
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden

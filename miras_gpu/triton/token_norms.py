@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch.library import custom_op
 
-from ._math import abs_pow, mm
+from ._math import abs_pow, mm, q_int
 
 #: ``tl.dot`` precisions of the op (see :func:`miras_gpu.triton._math.mm`)
 PRECISIONS = ("ieee", "tf32")
@@ -164,11 +164,6 @@ def _blocks(C: int, R: int, S: int) -> tuple[int, int, int, int, int, tuple[int,
     RB = max(1, step // (BC * BS))
     rows = max(RB, rows)
     return BC, RB, BS, rows, triton.cdiv(R, rows), warps
-
-
-def q_int(q: float) -> int:
-    """``q`` as a constexpr integer when it is one (2 <= q <= 8), else 0."""
-    return int(q) if float(q).is_integer() and 2 <= q <= 8 else 0
 
 
 @custom_op("miras::token_power_sums", mutates_args=())
