@@ -102,13 +102,13 @@ def matrix_state_kernel(
     tl.store(zt_ptr + bh * DV * DK + zoff, z, mask=zmask)
 
 
-@triton.jit(do_not_specialize=["T", "NSEG"])
-def matrix_output_kernel(
-    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, states_ptr, dy_ptr, y_ptr,
-    T, H, DK, DV, NSEG, LQ, KLC,
-    LINK: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, PREC: tl.constexpr,
-):
+@triton.jit
+def _segment(bounds_ptr, states_ptr, T, H, DK, DV, NSEG, BC: tl.constexpr, BK: tl.constexpr,
+             BV: tl.constexpr):
+    """The segment of a program of a grid ``NSEG × B·H``: its indices ``s, bh, b, h``, the
+    tokens' rows ``tok`` and masks (``mt [BC]``, ``kmask [BC, BK]``, ``vmask [BC, BV]``), the
+    state tile's mask and offsets ``[BV, BK]``, the bounds ``s0, s1`` and its start state
+    ``Z0 [BV, BK]``."""
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -120,11 +120,27 @@ def matrix_output_kernel(
     zoff = rv[:, None] * DK + rk[None, :]
     s0 = tl.load(bounds_ptr + s)
     s1 = tl.load(bounds_ptr + s + 1)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    kmask = mt[:, None] & (rk < DK)[None, :]
+    vmask = mt[:, None] & (rv < DV)[None, :]
     z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
+    return s, bh, b, h, tok, mt, kmask, vmask, zmask, zoff, s0, s1, z0
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def matrix_output_kernel(
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, states_ptr, dy_ptr, y_ptr,
+    T, H, DK, DV, NSEG, LQ, KLC,
+    LINK: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, PREC: tl.constexpr,
+):
+    s, bh, b, h, tok, mt, _, _, zmask, zoff, s0, s1, z0 = _segment(
+        bounds_ptr, states_ptr, T, H, DK, DV, NSEG, BC, BK, BV)
+    rk = tl.arange(0, BK)
+    rv = tl.arange(0, BV)
     if LINK == 0:
-        t = s0 + rc
-        mt = t < s1
-        tok = (b * T + t) * H + h
         qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, DK, BC, BK)
         kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, DK, BC, BK)
         ymask = mt[:, None] & (rv < DV)[None, :]
@@ -201,6 +217,23 @@ def _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
             el, wl)
 
 
+@triton.jit
+def _grad_dy(gdyr_ptr, tok, vmask, kt, gy, w, pqk, mask, gz, DV, GATE_CW: tl.constexpr,
+             BV: tl.constexpr, PREC: tl.constexpr):
+    """``gdY = -(M ⊙ P)ᵀ gY - (w ⊙ K) gZᵀ`` of one segment ``[BC, BV]`` (channel-wise gates:
+    the first term is ``gdyr`` of :func:`matrix_backward_reads_kernel`) and, for scalar
+    gates, ``K gZᵀ [BC, BV]`` (else 0)."""
+    if GATE_CW:
+        rv = tl.arange(0, BV)
+        kgz = 0.0
+        gdy = (tl.load(gdyr_ptr + tok[:, None] * DV + rv[None, :], mask=vmask, other=0.0)
+               - mm(kt * w, tl.trans(gz), PREC))
+    else:
+        kgz = mm(kt, tl.trans(gz), PREC)
+        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
+    return gdy, kgz
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def matrix_backward_reads_kernel(
     q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, states_ptr, gy_ptr,
@@ -220,23 +253,10 @@ def matrix_backward_reads_kernel(
     and :func:`matrix_backward_kernel` add to. The channel sums run here once, in parallel,
     not in the sequential state pass.
     """
-    s = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rc = tl.arange(0, BC)
+    s, bh, b, h, tok, mt, kmask, vmask, zmask, zoff, s0, s1, z0 = _segment(
+        bounds_ptr, states_ptr, T, H, DK, DV, NSEG, BC, BK, BV)
     rk = tl.arange(0, BK)
     rv = tl.arange(0, BV)
-    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
-    zoff = rv[:, None] * DK + rk[None, :]
-    s0 = tl.load(bounds_ptr + s)
-    s1 = tl.load(bounds_ptr + s + 1)
-    t = s0 + rc
-    mt = t < s1
-    tok = (b * T + t) * H + h
-    kmask = mt[:, None] & (rk < DK)[None, :]
-    vmask = mt[:, None] & (rv < DV)[None, :]
-    z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
     (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
      el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
                           s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
@@ -299,13 +319,8 @@ def matrix_backward_state_kernel(
                           GATE_CW, BC, BK, BV, PREC)
         w = eta * wl
         vmask = (s0 + rc < s1)[:, None] & (rv < DV)[None, :]
-        if GATE_CW:
-            tok = (b * T + s0 + rc) * H + h
-            gdy = (tl.load(gdyr_ptr + tok[:, None] * DV + rv[None, :], mask=vmask, other=0.0)
-                   - mm(kt * w, tl.trans(gz), PREC))
-        else:
-            kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
-            gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
+        tok = (b * T + s0 + rc) * H + h
+        gdy, _ = _grad_dy(gdyr_ptr, tok, vmask, kt, gy, w, pqk, mask, gz, DV, GATE_CW, BV, PREC)
         ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
         ge = tl.where(vmask, ge, 0.0)
         ga = mm(tl.trans(ge), kt, PREC)  # [BV, BK]
@@ -340,35 +355,18 @@ def matrix_backward_kernel(
     (``GATE_CW``) add to the read parts of :func:`matrix_backward_reads_kernel` (which also
     wrote ``∂L/∂q``) the terms of ``gZ``, with the gates as ``[BC, BK]`` tiles.
     """
-    s = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    s, bh, b, h, tok, mt, kmask, vmask, zmask, zoff, s0, s1, z0 = _segment(
+        bounds_ptr, states_ptr, T, H, DK, DV, NSEG, BC, BK, BV)
     rc = tl.arange(0, BC)
     rk = tl.arange(0, BK)
     rv = tl.arange(0, BV)
-    zmask = (rv < DV)[:, None] & (rk < DK)[None, :]
-    zoff = rv[:, None] * DK + rk[None, :]
-    s0 = tl.load(bounds_ptr + s)
-    s1 = tl.load(bounds_ptr + s + 1)
-    t = s0 + rc
-    mt = t < s1
-    tok = (b * T + t) * H + h
-    kmask = mt[:, None] & (rk < DK)[None, :]
-    vmask = mt[:, None] & (rv < DV)[None, :]
-    z0 = tl.load(states_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
     gz = tl.load(gzs_ptr + (bh * NSEG + s) * DV * DK + zoff, mask=zmask, other=0.0)
     (qt, kt, gy, eta, alpha, delta, s_anchor, a, e, dy, lb, last, lbl, dec, mask, pqk,
      el, wl) = _recompute(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, gy_ptr, b, h,
                       s0, s1, z0, T, H, DK, DV, P, SHARP, EPS, BIAS, DECAYED, DELTA_CW,
                       GATE_CW, BC, BK, BV, PREC)
     w = eta * wl
-    if GATE_CW:
-        gdy = (tl.load(gdyr_ptr + tok[:, None] * DV + rv[None, :], mask=vmask, other=0.0)
-               - mm(kt * w, tl.trans(gz), PREC))
-    else:
-        kgz = mm(kt, tl.trans(gz), PREC)  # [BC, BV]
-        gdy = -mm(tl.trans(pqk * mask), gy, PREC) - w[:, None] * kgz
+    gdy, kgz = _grad_dy(gdyr_ptr, tok, vmask, kt, gy, w, pqk, mask, gz, DV, GATE_CW, BV, PREC)
     ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
     ge = tl.where(vmask, ge, 0.0)
     if GATE_CW:
