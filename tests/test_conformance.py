@@ -400,13 +400,47 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
             replayed, eager = run(seed, True, final_only), run(seed, False, final_only)
             assert len(replayed) == len(eager) > 0
             _assert_rel_close(replayed, eager, 1e-6)
-    captured = len(graphed._GRAPHED)
+    captured = len(graphed._CALLS)
     assert captured == 2
     twin = dataclasses.replace(cfg)
     assert twin is not cfg
     _assert_rel_close(run(3, True, False, twin), run(3, False, False, twin), 1e-6)
-    assert len(graphed._GRAPHED) == captured
+    assert len(graphed._CALLS) == captured
     clear_graphs()
+
+
+@needs_cuda
+def test_triton_backward_without_graph_capture_cuda(monkeypatch):
+    """A backward whose CUDA-graph capture fails runs op by op (a note says so, once) and
+    gives the same gradients; that configuration is not captured again."""
+    from miras_gpu.torch import graphed
+    from miras_gpu.triton import chunked as tchunked
+
+    calls = []
+
+    def refuse(fn, samples):
+        calls.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphed, "capture", refuse)
+    monkeypatch.setattr(tchunked, "_UNGRAPHED", set())
+    monkeypatch.setattr(tchunked, "_noted", set())
+    graphed.clear_graphs()
+    size = (1, 20, 2, 8)
+    cfg, _, t = _inputs("moneta", size, dtype=torch.float32, requires_grad=True, expansion=2)
+
+    def grads():
+        y, _ = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=8,
+                                      initial_state=t["initial_state"], backend="triton")
+        return [g for g in _flat_grads(t, [y]) if g is not None]
+
+    with pytest.warns(tchunked.TritonFallbackWarning, match="capture of moneta's backward"):
+        first = grads()
+    second = grads()
+    assert calls == [1]
+    monkeypatch.setattr(tchunked, "GRAPH_BACKWARD", False)
+    _assert_rel_close(first, grads(), 1e-6)
+    _assert_rel_close(second, grads(), 1e-6)
 
 
 def _spy(monkeypatch, name: str, record=lambda *a: 1) -> list:

@@ -19,16 +19,24 @@ autograd around it).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from .chunked import chunked_forward
 
 _GRAPHED: dict[tuple, tuple] = {}
+#: the captures of :func:`graphed_call`, least recently used first
+_CALLS: OrderedDict[tuple, tuple] = OrderedDict()
+#: captures :func:`graphed_call` keeps (each holds its memory pool): calls of many shapes (the
+#: sequences of a ``cu_seqlens`` batch are one call each) replace the least recently used
+MAX_CALL_GRAPHS = 8
 
 
 def clear_graphs() -> None:
     """Drop every captured graph (and the memory its pool holds)."""
     _GRAPHED.clear()
+    _CALLS.clear()
 
 
 def _equal(a, b) -> bool:
@@ -119,9 +127,12 @@ def graphed_call(key: tuple, config, fn, tensors: tuple) -> tuple:
     object): a call copies its tensors in and its results out, so unlike the autograd graphs
     of :func:`graphed_chunked_forward` nothing of one call outlives it in the graph."""
     key = (repr(config), *key, tuple(_signature(t) for t in tensors))
-    entry = _GRAPHED.get(key)
+    entry = _CALLS.get(key)
     if entry is None or not _equal(entry[0], config):
         samples = tuple(t.detach().clone() for t in tensors)
         entry = (config, capture(fn, samples))
-        _GRAPHED[key] = entry
+        _CALLS[key] = entry
+        while len(_CALLS) > MAX_CALL_GRAPHS:
+            _CALLS.popitem(last=False)
+    _CALLS.move_to_end(key)
     return tuple(None if o is None else o.clone() for o in entry[1](*tensors))

@@ -72,19 +72,22 @@ MAX_DIM = 128
 
 
 class TritonFallbackWarning(UserWarning):
-    """A call ran on the torch backend because the Triton kernels do not cover it."""
+    """Part of a call runs another way than the Triton kernels: on the torch backend where
+    they do not cover it, or its backward's recomputation op by op where the CUDA-graph
+    capture failed. Issued once per reason."""
 
 
 _noted: set[str] = set()
 
 
-def _note(reason: str) -> None:
-    """Warn once per distinct reason."""
+def _note(reason: str, instead: str = "running this call on the torch backend "
+                                      "(miras_gpu.torch) instead") -> None:
+    """Warn once per distinct reason, saying what runs ``instead``."""
     if reason in _noted:
         return
     _noted.add(reason)
-    warnings.warn(f"miras_gpu.triton: {reason}; running this call on the torch backend "
-                  "(miras_gpu.torch) instead", TritonFallbackWarning, stacklevel=3)
+    warnings.warn(f"miras_gpu.triton: {reason}; {instead}", TritonFallbackWarning,
+                  stacklevel=3)
 
 
 def interpreting() -> bool:
@@ -566,10 +569,11 @@ def _chunk_start_index(T: int, chunk_size: int, lag_token: bool,
 #: on CUDA for sequences of at least this many tokens: the compilation takes tens of seconds
 #: per configuration and chunk shape, which only long sequences (and repeated calls) repay
 COMPILE_MIN_TOKENS = 2048
-#: on CUDA the recomputation of the backward (:func:`_torch_backward`) for sequences of at
-#: least :data:`COMPILE_MIN_TOKENS` tokens runs as one CUDA graph, captured once per call shape
-#: (:func:`_graphed_torch_backward`); ``False``: launched op by op
+#: on CUDA the recomputation of the backward (:func:`_torch_backward`) runs as one CUDA graph,
+#: captured once per call shape (:func:`_graphed_torch_backward`); ``False``: launched op by op
 GRAPH_BACKWARD = True
+#: configurations (by ``repr``) whose backward capture failed: they run op by op from then on
+_UNGRAPHED: set[str] = set()
 #: chunks whose reads :func:`_torch_backward` recomputes (and differentiates) as one batch:
 #: the activations of the recomputation are those of this many chunks
 BACKWARD_WINDOW = 16
@@ -731,13 +735,18 @@ class ChunkedScan(torch.autograd.Function):
                 else:
                     out = _mlp_backward(plan, launch, saved, anchor, gy, gzt)
             except OutOfResources as exc:  # e.g. a chunk of 128 with d = 128
-                _note(f"the backward kernel does not fit this device ({exc}); the gradients "
-                      "are recomputed with torch")
+                _note(f"the backward kernel does not fit this device ({exc})",
+                      "the gradients are recomputed with torch")
+        if (out is None and GRAPH_BACKWARD and saved[0].device.type == "cuda"
+                and repr(plan.config) not in _UNGRAPHED):
+            try:
+                out = _graphed_torch_backward(plan, launch, saved, gy, gzt)
+            except RuntimeError as exc:  # an op the capture refuses: launch op by op
+                _UNGRAPHED.add(repr(plan.config))
+                _note(f"the CUDA-graph capture of {plan.config.name}'s backward failed "
+                      f"({str(exc)[:200]})", "its recomputation runs op by op")
         if out is None:
-            graphed = (GRAPH_BACKWARD and launch.T >= COMPILE_MIN_TOKENS
-                       and saved[0].device.type == "cuda")
-            out = (_graphed_torch_backward if graphed else _torch_backward)(
-                plan, launch, saved, gy, gzt)
+            out = _torch_backward(plan, launch, saved, gy, gzt)
         *first, gz0 = out
         return (None, None, *first, *gz0)
 
