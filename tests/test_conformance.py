@@ -372,9 +372,10 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
     """The triton backend's torch recomputation of the backward (Moneta's ℓq link and
     Memora's KL link with its lag token have no backward kernel), replayed as one CUDA graph
     (``GRAPH_BACKWARD``), gives the gradients of the same recomputation launched op by op: on
-    replays with fresh inputs after the capture on other ones, for a loss on the output and
-    the final state and for one on the final state alone (no output gradient). An equal
-    configuration object (each layer of a model builds its own) replays the same graph."""
+    the call that captures it and on replays with fresh inputs, for a loss on the output and
+    the final state and for one on the final state alone (no output gradient). A shape met
+    once is not captured; an equal configuration object (each layer of a model builds its
+    own) replays the same graph."""
     from miras_gpu.torch import graphed
     from miras_gpu.torch.graphed import clear_graphs
     from miras_gpu.triton import chunked as tchunked
@@ -395,8 +396,9 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
 
     clear_graphs()
     for final_only in (False, True):
-        run(0, True, final_only)  # captures the graph of this call shape
-        for seed in (1, 2):
+        run(0, True, final_only)  # the first call of this shape runs op by op
+        assert len(graphed._CALLS) == int(final_only)
+        for seed in (1, 2):  # captured, then replayed
             replayed, eager = run(seed, True, final_only), run(seed, False, final_only)
             assert len(replayed) == len(eager) > 0
             _assert_rel_close(replayed, eager, 1e-6)
@@ -434,13 +436,15 @@ def test_triton_backward_without_graph_capture_cuda(monkeypatch):
                                       initial_state=t["initial_state"], backend="triton")
         return [g for g in _flat_grads(t, [y]) if g is not None]
 
+    first = grads()  # a shape met once runs op by op: no capture yet
+    assert calls == []
     with pytest.warns(tchunked.TritonFallbackWarning, match="capture of moneta's backward"):
-        first = grads()
-    second = grads()
+        second = grads()
+    third = grads()
     assert calls == [1]
     monkeypatch.setattr(tchunked, "GRAPH_BACKWARD", False)
-    _assert_rel_close(first, grads(), 1e-6)
-    _assert_rel_close(second, grads(), 1e-6)
+    for g in (first, second, third):
+        _assert_rel_close(g, grads(), 1e-6)
 
 
 def _spy(monkeypatch, name: str, record=lambda *a: 1) -> list:

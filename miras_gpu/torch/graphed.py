@@ -31,12 +31,18 @@ _CALLS: OrderedDict[tuple, tuple] = OrderedDict()
 #: captures :func:`graphed_call` keeps (each holds its memory pool): calls of many shapes (the
 #: sequences of a ``cu_seqlens`` batch are one call each) replace the least recently used
 MAX_CALL_GRAPHS = 8
+#: calls of one key that :func:`graphed_call` runs op by op before it captures the key: a shape
+#: met once (the sequences of a ``cu_seqlens`` batch of new lengths) never pays a capture
+CAPTURE_AFTER = 1
+#: the keys met fewer than ``CAPTURE_AFTER`` times, and how often (the last 256)
+_SEEN: OrderedDict[tuple, int] = OrderedDict()
 
 
 def clear_graphs() -> None:
     """Drop every captured graph (and the memory its pool holds)."""
     _GRAPHED.clear()
     _CALLS.clear()
+    _SEEN.clear()
 
 
 def _equal(a, b) -> bool:
@@ -121,7 +127,8 @@ def graphed_call(key: tuple, config, fn, tensors: tuple) -> tuple:
     """``fn(*tensors)`` (a tuple of tensors or None) through a capture cached under
     ``(config, key, the tensors' shapes, dtypes and devices)``; the returned tensors are
     copies. ``fn`` must depend on nothing but its arguments, the value of ``config`` and what
-    ``key`` names.
+    ``key`` names. The first :data:`CAPTURE_AFTER` calls of a key run ``fn`` op by op; the
+    next one captures it.
 
     Equal configurations share a capture (the layers of a model each build their own config
     object): a call copies its tensors in and its results out, so unlike the autograd graphs
@@ -129,6 +136,12 @@ def graphed_call(key: tuple, config, fn, tensors: tuple) -> tuple:
     key = (repr(config), *key, tuple(_signature(t) for t in tensors))
     entry = _CALLS.get(key)
     if entry is None or not _equal(entry[0], config):
+        seen = _SEEN.pop(key, 0)
+        if seen < CAPTURE_AFTER:
+            _SEEN[key] = seen + 1
+            while len(_SEEN) > 256:
+                _SEEN.popitem(last=False)
+            return tuple(fn(*tensors))
         samples = tuple(t.detach().clone() for t in tensors)
         entry = (config, capture(fn, samples))
         _CALLS[key] = entry
