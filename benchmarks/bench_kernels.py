@@ -8,7 +8,8 @@ for matrix memories (DeltaNet, Gated DeltaNet in their chunked MIRAS form) and M
 ``NeuralMemory(dim=1024, heads=16, dim_head=64, chunk_size=64, momentum=False)`` (MLP memory)
 and flash-linear-attention's ``chunk_delta_rule`` (matrix memory, exact delta rule). Prints
 tokens/s, peak memory, speed ratios and achieved TFLOP/s (model FLOPs, counted in
-docs/kernels.md, the same numerator for every implementation of a memory kind), then a
+docs/kernels.md, the same numerator for every implementation of a memory kind) with their
+fraction of the matmul peak measured in the same process (:func:`matmul_peak`), then a
 T-scaling sweep at B=1 of the triton backend (1K tokens up to 1M, stopping at the first
 out-of-memory or when a run would exceed the time budget).
 
@@ -185,6 +186,17 @@ def fla_passes(size, device, dtype):
     return fwd, fwd_bwd
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """Measured TFLOP/s of ``torch.matmul`` on square ``dtype`` matrices (``n = 8192`` on a
+    GPU, 512 elsewhere; median of 10 after 3 warm-up runs, 2 FLOPs per multiply-add): the
+    ceiling each row's achieved TFLOP/s is a fraction of. Returns it and its description."""
+    n = 8192 if device.type == "cuda" else 512
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
+    sec, _ = time_fn(lambda: torch.matmul(a, b), device, 3, 10)
+    return 2 * n ** 3 / sec / 1e12, f"torch.matmul, {n}x{n}x{n}, {str(dtype).split('.')[-1]}"
+
+
 def _past_deadline(args) -> bool:
     return args.deadline is not None and time.perf_counter() > args.deadline
 
@@ -290,6 +302,8 @@ def run(args) -> dict:
                                                              "checkpoint=True)"),
            "timing": f"median of {args.iters} after {args.warmup} warm-up runs"
                      + (" (CUDA events)" if device.type == "cuda" else "")}
+    peak_tflops, how = matmul_peak(device, dtype)
+    env["matmul peak (measured)"] = f"{peak_tflops:.4g} TFLOP/s ({how})"
     print(" | ".join(f"{k}: {v}" for k, v in env.items()), flush=True)
     rows = []
     models = [m for m in args.models.split(",") if m]
@@ -331,7 +345,8 @@ def run(args) -> dict:
     if not args.no_sweep:
         sweep_models = [m for m in args.sweep_models.split(",") if m]
         sweep_rows = sweep(sweep_models, size, device, dtype, args)
-    return {"env": env, "size": size, "rows": rows, "sweep": sweep_rows, "notes": notes}
+    return {"env": env, "size": size, "rows": rows, "sweep": sweep_rows, "notes": notes,
+            "peak_tflops": peak_tflops}
 
 
 def ratio_lines(rows: list[Row]) -> list[str]:
@@ -367,22 +382,25 @@ def markdown(result: dict, title="Kernel benchmark") -> str:
               f"expansion {size['expansion']}, chunk {size['chunk']} |", ""]
     lines += [f"Note: {n}." for n in result["notes"]]
     lines += ["", "| implementation | memory | pass | ms | tokens/s | model TFLOP/s | "
-              "peak memory | note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "of matmul peak | peak memory | note |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r.seconds is None:
-            lines.append(f"| {r.name} | {r.kind} | {r.mode} | - | - | - | - | {r.note} |")
+            lines.append(f"| {r.name} | {r.kind} | {r.mode} | - | - | - | - | - | {r.note} |")
             continue
         peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**30:.2f} GiB"
         lines.append(f"| {r.name} | {r.kind} | {r.mode} | {r.seconds * 1e3:.2f} | "
-                     f"{r.tokens_per_s:.0f} | {r.tflops:.3g} | {peak} | {r.note} |")
+                     f"{r.tokens_per_s:.0f} | {r.tflops:.3g} | "
+                     f"{100 * r.tflops / result['peak_tflops']:.3g}% | {peak} | {r.note} |")
     ratios = ratio_lines(rows)
     if ratios:
         lines += ["", "Speed ratios (other implementation's time / triton's time; above 1: "
                   "triton is faster):", ""] + [f"- {x}" for x in ratios]
     lines += ["", "Model TFLOP/s use the FLOP count of docs/kernels.md for every row of a memory "
               "kind (the backward is counted as twice the forward), so within a kind they "
-              "compare like tokens/s. titans-pytorch runs its own MLP memory and fla the exact "
-              "delta rule: same sizes, not the same arithmetic. titans-pytorch's default "
+              "compare like tokens/s; 'of matmul peak' divides them by the matmul peak "
+              "measured in this run (above). titans-pytorch runs its own MLP memory and fla "
+              "the exact delta rule: same sizes, not the same arithmetic. titans-pytorch's default "
               "(batch_size=None) takes every chunk's gradient at the weights the call starts "
               "with, all chunks at once; with batch_size=chunk it updates its weights after "
               "every chunk and takes the next chunk's gradient at them, the dependency of "
