@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmark scripts: timing, inputs, and the titans-pytorch peer."""
+"""Helpers shared by the benchmark scripts: timing, inputs, the titans-pytorch peer, and the
+reports' environment table and output."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 
@@ -38,6 +40,33 @@ def time_fn(fn, device: torch.device, warmup: int, iters: int) -> tuple[float, i
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return statistics.median(times), peak
+
+
+def environment(device: torch.device) -> dict:
+    """The device, torch, triton and python of this run: the first rows of every report."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    return {"device": f"{device} ({name})", "torch": torch.__version__,
+            "triton": triton_version, "python": platform.python_version()}
+
+
+def report_head(title: str, script: str, env: dict) -> list[str]:
+    """A Markdown report's first lines: ``title``, the script that wrote it, the ``env``
+    table."""
+    return [title, "", f"Written by `{script}`; every row ran in one process on one device.",
+            "", "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in env.items()]
+
+
+def write_report(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}")
 
 
 def is_oom(exc: BaseException) -> bool:

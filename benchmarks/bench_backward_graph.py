@@ -13,11 +13,10 @@ process on one device, and prints the ratio and the peak memory.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 
 import torch
-from _common import time_fn
+from _common import environment, report_head, time_fn, write_report
 from bench_kernels import miras_passes
 
 from miras_gpu.torch.graphed import clear_graphs
@@ -26,14 +25,16 @@ from miras_gpu.triton import chunked
 
 def measure(model: str, size: dict, device, args) -> dict:
     """Median forward+backward seconds and peak bytes of ``model``, op by op and graphed."""
-    out = {}
-    for graph in (False, True):
-        chunked.GRAPH_BACKWARD = graph
+    out, default = {}, chunked.GRAPH_BACKWARD
+    try:
+        for graph in (False, True):
+            chunked.GRAPH_BACKWARD = graph
+            clear_graphs()
+            _, fwd_bwd = miras_passes(model, "triton", size, device, torch.bfloat16)
+            out[graph] = time_fn(fwd_bwd, device, args.warmup, args.iters)
+    finally:
+        chunked.GRAPH_BACKWARD = default
         clear_graphs()
-        _, fwd_bwd = miras_passes(model, "triton", size, device, torch.bfloat16)
-        out[graph] = time_fn(fwd_bwd, device, args.warmup, args.iters)
-    chunked.GRAPH_BACKWARD = True
-    clear_graphs()
     return out
 
 
@@ -51,22 +52,14 @@ def main(argv=None) -> int:
         print("a CUDA device is needed: the graph is a CUDA graph", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    import triton
-
-    lines = [
-        "## The triton backend's recomputed backward: CUDA graph against op by op", "",
-        "Written by `benchmarks/bench_backward_graph.py`; every row ran in one process on one "
-        "device.", "",
-        "| | |", "| --- | --- |",
-        f"| device | {torch.cuda.get_device_name(device)} |",
-        f"| torch | {torch.__version__} |", f"| triton | {triton.__version__} |",
-        f"| python | {platform.python_version()} |",
-        f"| sizes | B={args.batch}, H=16, D=64, MLP expansion 4, chunk 64, bf16 inputs |",
-        f"| timing | forward+backward of mean(y²), median of {args.iters} after {args.warmup} "
-        "warm-up runs (CUDA events); peak memory over all runs |", "",
-        "| model | T | op by op ms | graph ms | speed-up | op by op peak | graph peak |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    env = environment(device)
+    env["sizes"] = f"B={args.batch}, H=16, D=64, MLP expansion 4, chunk 64, bf16 inputs"
+    env["timing"] = (f"forward+backward of mean(y²), median of {args.iters} after "
+                     f"{args.warmup} warm-up runs (CUDA events); peak memory over all runs")
+    lines = report_head("## The triton backend's recomputed backward: CUDA graph against op "
+                        "by op", "benchmarks/bench_backward_graph.py", env)
+    lines += ["", "| model | T | op by op ms | graph ms | speed-up | op by op peak | graph peak |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for model in args.models.split(","):
         for T in (int(t) for t in args.t.split(",")):
             size = dict(B=args.batch, T=T, H=16, D=64, expansion=4, chunk=64)
@@ -77,9 +70,7 @@ def main(argv=None) -> int:
             print(row, flush=True)
             lines.append(row)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+        write_report(args.out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import sys
 import time
 
@@ -279,16 +278,7 @@ def run(args) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     size = dict(SMALL if args.small else FULL)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        platform.processor() or platform.machine())
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "not installed"
-    env = {"device": f"{device} ({name})", "torch": torch.__version__, "triton": tv,
-           "python": platform.python_version(), "input dtype": args.dtype,
+    env = {**_common.environment(device), "input dtype": args.dtype,
            "mean η (x U[0.5, 1.5])": ", ".join(f"{m} {e:g}" for m, e in _common.ETA.items())
                                      + ", others the config's (benchmarks/_common.py)",
            "triton interpreter": os.environ.get("TRITON_INTERPRET", "0"),
@@ -305,6 +295,8 @@ def run(args) -> dict:
     peak_tflops, how = matmul_peak(device, dtype)
     env["matmul peak (measured)"] = f"{peak_tflops:.4g} TFLOP/s ({how})"
     print(" | ".join(f"{k}: {v}" for k, v in env.items()), flush=True)
+    from miras_gpu.torch.graphed import clear_graphs
+
     rows = []
     models = [m for m in args.models.split(",") if m]
     for model in models:
@@ -325,8 +317,6 @@ def run(args) -> dict:
                             size, device, args)
             # the memory pools of the captured graphs (the torch backend's with "graphs", the
             # triton backend's recomputed backward on CUDA), before the next row
-            from miras_gpu.torch.graphed import clear_graphs
-
             clear_graphs()
     notes = []
     if args.small or args.no_peers:
@@ -375,9 +365,7 @@ def ratio_lines(rows: list[Row]) -> list[str]:
 
 def markdown(result: dict, title="Kernel benchmark") -> str:
     env, size, rows = result["env"], result["size"], result["rows"]
-    lines = [f"## {title}", "", "Written by `benchmarks/bench_kernels.py`; every row ran in "
-             "one process on one device.", "", "| | |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    lines = _common.report_head(f"## {title}", "benchmarks/bench_kernels.py", env)
     lines += [f"| sizes | B={size['B']}, T={size['T']}, H={size['H']}, D={size['D']}, MLP "
               f"expansion {size['expansion']}, chunk {size['chunk']} |", ""]
     lines += [f"Note: {n}." for n in result["notes"]]
@@ -472,9 +460,7 @@ def main(argv=None) -> int:
     for line in ratio_lines(result["rows"]):
         print(line)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(markdown(result))
-        print(f"wrote {args.out}")
+        _common.write_report(args.out, markdown(result))
     return 0
 
 

@@ -19,11 +19,10 @@ the formed states. Prints the table and writes it as Markdown to ``--out``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 
 import torch
-from _common import time_fn
+from _common import environment, report_head, time_fn, write_report
 
 from miras_gpu.triton.token_norms import PRECISIONS, token_power_sums
 
@@ -88,17 +87,11 @@ def main(argv=None) -> int:
     if device.type != "cuda":
         print("note: without a GPU the op runs only in Triton's interpreter "
               "(TRITON_INTERPRET=1), far too slowly to time", file=sys.stderr)
-    import triton
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
-    env = {"device": f"{device} ({name})", "torch": torch.__version__,
-           "triton": triton.__version__, "python": platform.python_version(),
-           "timing": f"median of {args.iters} after 2 warm-up runs", "q": f"{args.q:g}"}
+    env = {**environment(device), "timing": f"median of {args.iters} after 2 warm-up runs",
+           "q": f"{args.q:g}"}
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
-    lines = ["# Moneta's per-token norms: fused op against formed states", "",
-             "Written by `benchmarks/bench_token_norms.py`; all rows ran in one process on one "
-             "device.", "", "| | |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    lines = report_head("# Moneta's per-token norms: fused op against formed states",
+                        "benchmarks/bench_token_norms.py", env)
     lines += ["", "| state | implementation | fwd ms | fwd+bwd ms | speed vs formed (fwd+bwd) "
               "| sums error | gradients error (max) |", "| --- | --- | --- | --- | --- | --- | "
               "--- |"]
@@ -111,9 +104,7 @@ def main(argv=None) -> int:
     lines += ["", f"One chunk (N = B·H = {N}, C = {C}) of one weight matrix; errors are "
               "relative in norm against float64 autograd of the formed states."]
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+        write_report(args.out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 
 import _common
@@ -154,10 +153,8 @@ def _fmt_row(r: Row) -> str:
 
 def markdown(rows: list[Row], peer_note: str | None, env: dict, size: dict) -> str:
     peer = {r.mode: r for r in rows if r.name.startswith("titans") and r.seconds}
-    lines = ["# torch backend benchmark", "",
-             "Written by `benchmarks/bench_torch_backend.py`; all rows ran in one process on "
-             "one device.", "", "| | |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    lines = _common.report_head("# torch backend benchmark", "benchmarks/bench_torch_backend.py",
+                                env)
     lines += [f"| sizes | B={size['B']}, T={size['T']}, H={size['H']}, D={size['D']}, "
               f"expansion {size['expansion']}, chunk {size['chunk']} |", ""]
     if peer_note:
@@ -223,17 +220,8 @@ def main(argv=None) -> int:
         print("note: the full sizes on a CPU take very long; use --small", file=sys.stderr)
 
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        platform.processor() or platform.machine())
     norms = torch_chunked.fused_precision(dtype, device)
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    env = {"device": f"{device} ({name})", "torch": torch.__version__,
-           "triton": triton_version, "numpy": np.__version__,
-           "python": platform.python_version(),
+    env = {**_common.environment(device), "numpy": np.__version__,
            "Moneta's Σ|Z_t|^q": (f"fused Triton op ({norms} products, blocks of "
                                  f"{DEFAULT_NORM_BLOCK} tokens) unless the row says "
                                  "otherwise" if norms else "states formed by torch"),
@@ -294,9 +282,7 @@ def main(argv=None) -> int:
                 and peer[r.mode].tokens == r.tokens):
             print(f"{r.name} {r.mode}: {peer[r.mode].seconds / r.seconds:.2f}x titans speed")
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(markdown(rows, peer_note, env, size))
-        print(f"wrote {args.out}")
+        _common.write_report(args.out, markdown(rows, peer_note, env, size))
     return 0
 
 
