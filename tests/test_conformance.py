@@ -367,10 +367,10 @@ def test_compile_chunks_option_cuda(model, how, checkpoint):
 
 
 @needs_cuda
-@pytest.mark.parametrize("model", ["moneta", "memora"])
+@pytest.mark.parametrize("model", ["moneta_lag", "memora"])
 def test_triton_backward_graph_cuda(monkeypatch, model):
-    """The triton backend's torch recomputation of the backward (Moneta's ℓq link and
-    Memora's KL link with its lag token have no backward kernel), replayed as one CUDA graph
+    """The triton backend's torch recomputation of the backward (a lag token, and Memora's KL
+    link, have no backward kernel), replayed as one CUDA graph
     (``GRAPH_BACKWARD``), gives the gradients of the same recomputation launched op by op: on
     the call that captures it and on replays with fresh inputs, for a loss on the output and
     the final state and for one on the final state alone (no output gradient). A shape met
@@ -383,11 +383,14 @@ def test_triton_backward_graph_cuda(monkeypatch, model):
     # both paths compile the chunk steps from this length on: the graph replays those kernels
     monkeypatch.setattr(tchunked, "COMPILE_MIN_TOKENS", 40)
     size = (2, 40, 2, 16)
-    cfg, _, _ = _inputs(model, size, expansion=2)
+    base = model.removesuffix("_lag")
+    cfg, _, _ = _inputs(base, size, expansion=2)
+    cfg = dataclasses.replace(cfg, lag_token=model != base or cfg.lag_token)
+    assert not tchunked.plan_for(cfg).triton_backward
 
     def run(seed, graph, final_only, cfg=cfg):
         monkeypatch.setattr(tchunked, "GRAPH_BACKWARD", graph)
-        t = conf._to_torch(conf.make_inputs(cfg, model, size, seed), torch.float32, DEVICE, True)
+        t = conf._to_torch(conf.make_inputs(cfg, base, size, seed), torch.float32, DEVICE, True)
         y, s = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=16,
                                       initial_state=t["initial_state"], output_final_state=True,
                                       backend="triton")
@@ -429,7 +432,7 @@ def test_triton_backward_without_graph_capture_cuda(monkeypatch):
     monkeypatch.setattr(tchunked, "_noted", set())
     graphed.clear_graphs()
     size = (1, 20, 2, 8)
-    cfg, _, t = _inputs("moneta", size, dtype=torch.float32, requires_grad=True, expansion=2)
+    cfg, _, t = _inputs("memora", size, dtype=torch.float32, requires_grad=True, expansion=2)
 
     def grads():
         y, _ = miras_gpu.scan_chunked(cfg, t["q"], t["k"], t["v"], t["gates"], chunk_size=8,
@@ -438,7 +441,7 @@ def test_triton_backward_without_graph_capture_cuda(monkeypatch):
 
     first = grads()  # a shape met once runs op by op: no capture yet
     assert calls == []
-    with pytest.warns(tchunked.TritonFallbackWarning, match="capture of moneta's backward"):
+    with pytest.warns(tchunked.TritonFallbackWarning, match="capture of memora's backward"):
         second = grads()
     third = grads()
     assert calls == [1]

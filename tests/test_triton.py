@@ -78,7 +78,7 @@ def _poisoned_single_thread(monkeypatch):
 
 
 #: cases whose gradients come from the torch recomputation, not a backward kernel
-TORCH_BACKWARD = {"lq_simplified", "lq_exact", "kl_row", "kl_all_lag", "moneta", "memora"}
+TORCH_BACKWARD = {"lq_simplified", "lq_exact", "kl_row", "kl_all_lag", "memora"}
 #: name: (config, channel-wise delta, which backward runs)
 CASES = {name: (cfg, cw, "torch" if name in TORCH_BACKWARD else "triton")
          for name, (cfg, cw) in kernel_cases(D).items()}
@@ -206,9 +206,10 @@ def test_channel_wise_gates(name, monkeypatch):
     """Channel-wise ``η, α [B, T, H, D]`` run on the forward kernels (no fallback note) and
     match the torch backend in float64 and ``miras_ref`` (output, final state, every
     gradient). The gradients of identity-link memories come from the backward kernels (the
-    torch recomputation is refused), the others from the torch recomputation."""
+    torch recomputation is refused), the others (and Moneta's, whose kernels take scalar
+    gates only) from the torch recomputation."""
     cfg, cw, which = CASES[name]
-    if which == "triton":
+    if which == "triton" and name != "moneta":
         monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
     heads = 2 if isinstance(cfg.memory, MatrixMemory) else 1
     for seed in range(21, 21 + MAX_DRAWS):
@@ -271,15 +272,36 @@ def test_odd_sizes_partial_chunk_and_defaults():
 
 
 @pytest.mark.parametrize("cw_gates", [False, True])
-def test_moneta_norms_at_odd_sizes(cw_gates):
+def test_moneta_norms_at_odd_sizes(cw_gates, monkeypatch):
     """Moneta's per-token norms (tensor-core rows with scalar gates, the recurrence with
     channel-wise ones) at d = 24 (padded to 32), hidden 96 (a partial second block of 64),
     chunk 12 (padded to 16, last chunk partial): output, final state and every gradient
-    against the torch backend in float64, within the torch backend's own float32 error."""
+    against the torch backend in float64, within the torch backend's own float32 error. With
+    scalar gates the gradients come from the backward kernels (the norms' gradients in
+    blocks of 32 and 64 of the hidden axis), with channel-wise ones from the torch
+    recomputation."""
     cfg = zoo.moneta(24)
     q, k, v, gates, init = make_inputs(cfg, t=29, h=1, seed=13, cw_gates=cw_gates)
     tol = _torch32_tol(cfg, q, k, v, gates, init, 12)
-    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12), tol)
+    if not cw_gates:
+        monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
+    for block in (32, 64):
+        assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12, block_hidden=block), tol)
+
+
+@pytest.mark.parametrize("q_norm", [3.0, 2.5, 1.5])
+def test_moneta_backward_kernels_any_q(q_norm, monkeypatch):
+    """The backward kernels of the simplified ℓq link ``A / ‖A‖_q^{q-2}`` for exponents other
+    than Moneta's 4: integer (3), above 2 (2.5) and below 2 (1.5, where the scale grows with
+    the norm), against float64 autograd; ``∂‖Z‖_q^{2-q}/∂Z`` enters at every token's state
+    and at each segment's anchor."""
+    cfg = MirasConfig("moneta_q", zoo.moneta(D).memory, LpBias(3.0),
+                      LqRetention(q_norm, "simplified"), GD())
+    assert triton_ops.plan_for(cfg).triton_backward
+    monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
+    q, k, v, gates, init = make_inputs(cfg, h=1, seed=17)
+    tol = _torch32_tol(cfg, q, k, v, gates, init)
+    assert_within(*run_both(cfg, q, k, v, gates, init, block_hidden=32), tol)
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "yaad"])

@@ -123,12 +123,15 @@ class Plan:
     def triton_backward(self) -> bool:
         """The hand-written backward kernels cover this plan (else torch recomputation).
 
-        Identity link (ℓ2 retention), no lag token, head dims up to 64 (at 128 the tiles of
-        the gradient kernels need more shared memory than an H100 has).
+        Identity link (ℓ2 retention) or, for the MLP memory, Moneta's simplified ℓq link; no
+        lag token; head dims up to 64 (at 128 the tiles of the gradient kernels need more
+        shared memory than an H100 has). Moneta's link needs scalar gates as well
+        (:meth:`Launch.kernel_backward`).
         """
         mem = self.config.memory
         dims = (mem.d_k, mem.d_v) if self.kind == "matrix" else (mem.d,)
-        return self.link == 0 and not self.config.lag_token and max(dims) <= 64
+        links = (0, 1) if self.kind == "mlp" else (0,)
+        return self.link in links and not self.config.lag_token and max(dims) <= 64
 
 
 def _bias_code(bias) -> tuple[int, dict] | str:
@@ -264,7 +267,8 @@ class Launch:
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
-        return plan.triton_backward and not self.torch_backward
+        moneta_cw = plan.link == LINK_CODES["lq_simplified"] and self.gate_cw
+        return plan.triton_backward and not self.torch_backward and not moneta_cw
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -434,12 +438,13 @@ MLP_WINDOW = 256
 
 def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True,
                  save_ln=False):
-    """MLP forward: ``(y, final state, start states, (dZ, u, rstd))``. With ``keep_states``
+    """MLP forward: ``(y, final state, start states, (dZ, u, rstd, norms))``. With ``keep_states``
     (gradients needed) every segment's start state is kept for the backward; without, the
     segments run in windows of :data:`MLP_WINDOW`, so the state memory does not grow with
     ``T``. ``dZ [B, T, H, d]`` (float32) is the loss gradient at every token's anchor output;
     with ``save_ln`` also the anchor output's ``u = LN(z) [B, T, H, d]`` and ``rstd
-    [B, T, H]`` (else ``None``), which the backward kernels reuse."""
+    [B, T, H]`` (else ``None``), which the backward kernels reuse, and for Moneta's ℓq link
+    every token's norm accumulators ``norms [B, T, H, 4]`` (else ``None``)."""
     from ._math import q_int
     from .mlp import mlp_output_kernel, mlp_state_kernel
 
@@ -457,6 +462,8 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     u = _empty((L.B, L.T, L.H, d), f32, dev) if save_ln else None
     rstd = _empty((L.B, L.T, L.H), f32, dev) if save_ln else None
     y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
+    norms = _empty((L.B, L.T, L.H, 4), f32, dev) if plan.link == LINK_CODES["lq_simplified"] \
+        else None
     delta_arg = eta if delta is None else delta
     cw = delta is not None and delta.ndim == 4
     bd = _pow2(d)
@@ -476,7 +483,7 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             PREC=L.prec_state,
             num_warps=L.num_warps, num_stages=1)
         mlp_output_kernel[(n, L.B * L.H)](
-            q, k, eta, alpha, bounds, s1, s2, dz, y,
+            q, k, eta, alpha, bounds, s1, s2, dz, y, dz if norms is None else norms,
             L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
             LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, QI=q_int(plan.q),
             BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
@@ -486,7 +493,7 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]
     final = (s1[:, :, window].clone(), s2[:, :, window].clone())
-    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd)
+    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd, norms)
 
 
 def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
@@ -494,11 +501,16 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     at once (:func:`~miras_gpu.triton.mlp.mlp_backward_reads_kernel`, grid ``NSEG × B·H``),
     then the end-state gradient back through the segments
     (:func:`~miras_gpu.triton.mlp.mlp_backward_state_kernel`, grid ``B·H``). ``anchor`` is
-    the forward's ``(dZ, u, rstd)`` (:func:`_mlp_forward` with ``save_ln``)."""
-    from .mlp import mlp_backward_reads_kernel, mlp_backward_state_kernel
+    the forward's ``(dZ, u, rstd, norms)`` (:func:`_mlp_forward` with ``save_ln``)."""
+    from ._math import q_int
+    from .mlp import (
+        mlp_backward_norms_kernel,
+        mlp_backward_reads_kernel,
+        mlp_backward_state_kernel,
+    )
 
     q, k, v, eta, alpha, delta, s1, s2 = saved
-    dz, u, rstd = anchor
+    dz, u, rstd, norms = anchor
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
     dev = q.device
@@ -532,17 +544,27 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
+    moneta = plan.link == LINK_CODES["lq_simplified"]
+    gs = _empty((B, T, H, 2), f32, dev) if moneta else gq  # ∂L/∂(read scales), Moneta
+    warps = 8 if L.block_c >= 64 else L.num_warps
     consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
-                  PREC=L.prec, num_warps=8 if L.block_c >= 64 else L.num_warps,
-                  num_stages=1)
+                  PREC=L.prec, num_warps=warps, num_stages=1)
     mlp_backward_reads_kernel[(L.n_seg, B * H)](
-        q, k, eta, alpha, L.bounds, s1, s2, dz, gy, gq, *reads,
-        T, H, d, hd, L.n_seg, float(mem.eps), BH=bh_reads, **consts)
+        q, k, eta, alpha, L.bounds, s1, s2, dz, gq if norms is None else norms, gy, gq, *reads,
+        gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link, BH=bh_reads,
+        **consts)
+    if moneta:  # the read scales' gradients through every token's state
+        mlp_backward_norms_kernel[(L.n_seg, B * H)](
+            k, eta, alpha, L.bounds, s1, s2, dz, norms, gs, *reads, T, H, d, hd, L.n_seg,
+            plan.q, QM1=q_int(plan.q - 1.0), BC=L.block_c, BD=_pow2(d), BH=L.block_hidden,
+            PREC=L.prec, NORM_PREC="ieee" if L.prec == "ieee" else "tf32", num_warps=warps,
+            num_stages=1)
     mlp_backward_state_kernel[(B * H,)](
         k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,
         g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
-        T, H, d, hd, L.n_seg, *_bias_args(plan),
-        BIAS=plan.bias, DELTA_CW=cw, BH=bhid, **consts)
+        T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q,
+        BIAS=plan.bias, LINK=plan.link, QM1=q_int(plan.q - 1.0), DELTA_CW=cw, BH=bhid,
+        **consts)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])
 
@@ -711,7 +733,7 @@ class ChunkedScan(torch.autograd.Function):
                                                  keep, save_ln=kernels)
             if not keep:
                 states = ()
-            elif kernels:  # the backward kernels reuse dZ, u and rstd; torch does not
+            elif kernels:  # the backward kernels reuse dZ, u, rstd (norms); torch does not
                 states = (*states, *anchor)
         ctx.plan, ctx.launch = plan, launch
         ctx.set_materialize_grads(False)
@@ -725,8 +747,8 @@ class ChunkedScan(torch.autograd.Function):
         kernels = launch.kernel_backward(plan)
         anchor = None
         if plan.kind == "mlp" and kernels:
-            *saved, dz, u, rstd = saved
-            anchor = (dz, u, rstd)
+            *saved, dz, u, rstd, norms = saved
+            anchor = (dz, u, rstd, norms)
         out = None
         if kernels:
             try:

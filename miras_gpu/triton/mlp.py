@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ._math import (
+    abs_pow,
     bias_grad,
     bias_grad_bwd,
     delta_tile,
@@ -44,6 +45,7 @@ from ._math import (
     mm,
     qnorm_update,
     segment_tiles,
+    sign,
     token_qnorm_update,
 )
 from .gates import (
@@ -106,6 +108,22 @@ def _store_w1(s1_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
 
 
 @triton.jit
+def _anchor_norms(s1_ptr, s2_ptr, base, D, HD, NB, LQ, BD: tl.constexpr, BH: tl.constexpr):
+    """``‖Z1‖_q`` and ``‖Z2‖_q`` of the state at one slot as :func:`~._math.qnorm_update`
+    accumulators ``(m1, acc1, m2, acc2)`` (scalars)."""
+    mx1 = 0.0
+    acc1 = 0.0
+    mx2 = 0.0
+    acc2 = 0.0
+    for jb in range(0, NB):
+        z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+        z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+        mx2, acc2 = qnorm_update(mx2, acc2, z2b, LQ)
+        mx1, acc1 = qnorm_update(mx1, acc1, z1b, LQ)
+    return mx1, acc1, mx2, acc2
+
+
+@triton.jit
 def _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK: tl.constexpr, LQ,
                   BD: tl.constexpr, BH: tl.constexpr):
     """Whole-parameter statistics of the anchor link at one slot.
@@ -118,15 +136,7 @@ def _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK: tl.constexpr, LQ,
     m1 = tl.full([BD], float("-inf"), tl.float32)
     l1 = tl.zeros([BD], dtype=tl.float32)
     if LINK == 1:
-        mx1 = 0.0
-        acc1 = 0.0
-        mx2 = 0.0
-        acc2 = 0.0
-        for jb in range(0, NB):
-            z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-            z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            mx2, acc2 = qnorm_update(mx2, acc2, z2b, LQ)
-            mx1, acc1 = qnorm_update(mx1, acc1, z1b, LQ)
+        mx1, acc1, mx2, acc2 = _anchor_norms(s1_ptr, s2_ptr, base, D, HD, NB, LQ, BD, BH)
         sc1 = inv_pow_norm(mx1, acc1, LQ, LQ - 2.0)
         sc2 = inv_pow_norm(mx2, acc2, LQ, LQ - 2.0)
     if LINK == 3:
@@ -293,9 +303,19 @@ def _token_norms_block(mx1, ac1, mx2, ac2, s1_ptr, s2_ptr, base, jb, k_ptr, dz_p
     return mx1, ac1, mx2, ac2
 
 
+@triton.jit
+def _store_token_norms(norms_ptr, tok, mt, mx1, ac1, mx2, ac2):
+    """Every token's ``‖Z1_t‖_q``, ``‖Z2_t‖_q`` accumulators into ``norms [B, T, H, 4]``
+    (``m1, acc1, m2, acc2``), for :func:`mlp_backward_reads_kernel`."""
+    tl.store(norms_ptr + tok * 4, mx1, mask=mt)
+    tl.store(norms_ptr + tok * 4 + 1, ac1, mask=mt)
+    tl.store(norms_ptr + tok * 4 + 2, mx2, mask=mt)
+    tl.store(norms_ptr + tok * 4 + 3, ac2, mask=mt)
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_output_kernel(
-    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr,
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr, norms_ptr,
     T, H, D, HD, NSEG,
     LQ, KLC, LN_EPS,
     LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, QI: tl.constexpr,
@@ -392,6 +412,7 @@ def mlp_output_kernel(
                     mx1, ac1, mx2, ac2 = _token_norms_block(
                         mx1, ac1, mx2, ac2, s1_ptr, s2_ptr, base, jb, k_ptr, dz_ptr, tok, mt,
                         el, mask, dh, act, D, HD, LQ, QI, BH, NORM_PREC)
+            _store_token_norms(norms_ptr, tok, mt, mx1, ac1, mx2, ac2)
             sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
             sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
         # dual-form reads: Z2_t q_t and Z1_t σ(h_t) without forming Z_t
@@ -442,22 +463,42 @@ def _hidden_tile(ptr, tok, mt, j0, HD, BH: tl.constexpr):
 
 
 @triton.jit
-def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD, BD: tl.constexpr,
+def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD, BD: tl.constexpr,
                    BH: tl.constexpr, PREC: tl.constexpr, CW: tl.constexpr):
-    """:func:`_block` of the identity link, the anchor ``A = s ⊙ Z0`` (Eq 28): the raw state
+    """Hidden block ``jb`` of the forward at an anchor that scales the state,
+    ``A1 = sa1 ⊙ Z1``, ``A2 = sa2 ⊙ Z2`` (the identity link's ``A = s ⊙ Z0`` of Eq 28, or
+    Moneta's ``A = ‖Z0‖_q^{2-q} Z0`` of Eq 24, one scalar per layer): the raw state
     ``Z2b [BH, BD]``, ``Z1b [BD, BH]``, ``H = K A2bᵀ``, ``Â = σ(H)`` and ``A1b``."""
-    z2b, _, z1b, _, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, 1.0, 1.0,
-                                          0.0, 0.0, D, HD, 0, 0.0, 0.0, BD, BH, PREC, CW)
-    return z2b, z1b, hb, act, a1b
+    z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+    z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+    a1b = scale_rows(z1b, sa1, CW)
+    hb = mm(kt, tl.trans(scale_cols(z2b, sa2, CW)), PREC)
+    return z2b, z1b, hb, gelu(hb), a1b
+
+
+@triton.jit
+def _norm_grad_coef(gs, sc, mx, acc, LQ):
+    """The factor ``c`` of ``∂s/∂Z · gs = c · sign(Z) |Z/m|^{q-1}`` for the scale
+    ``s = ‖Z‖_q^{2-q}`` (Eq 24) from its :func:`~._math.qnorm_update` accumulator
+    ``(m, acc)``: with ``‖Z‖_q^q = m^q acc``, ``∂s/∂Z = (2-q) s / (m acc) sign(Z)|Z/m|^{q-1}``
+    (0 for a zero state)."""
+    den = mx * acc
+    return tl.where(den > 0.0, gs * (2.0 - LQ) * sc / tl.where(den > 0.0, den, 1.0), 0.0)
+
+
+@triton.jit
+def _norm_dir(z, inv, LQ, QM1: tl.constexpr):
+    """``sign(Z) |Z · inv|^{q-1}`` (``inv = 1/m``; ``QM1``: :func:`~._math.q_int` of ``q-1``)."""
+    return sign(z) * abs_pow(z * inv, LQ - 1.0, QM1)
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_backward_reads_kernel(
-    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, gy_ptr,
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, norms_ptr, gy_ptr,
     gq_ptr, gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
-    T, H, D, HD, NSEG, LN_EPS,
-    DECAYED: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
-    BH: tl.constexpr, PREC: tl.constexpr,
+    gs_ptr, T, H, D, HD, NSEG, LQ, LN_EPS,
+    LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr,
+    BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
     """Gradients through the dual-form reads of one segment (grid ``NSEG × B·H``, every
     segment at once): everything of the backward that does not depend on the gradient of the
@@ -475,6 +516,13 @@ def mlp_backward_reads_kernel(
     and ``R[t, c] = Σ_i S[t, i] M[t, i, c] dZ_i[c]`` (:func:`~.gates.channel_mixed_read`);
     ``∂L/∂S = Σ_c -gZq[t, c] dZ_i[c] M[t, i, c]`` and, after the hidden blocks, the mask's
     gradients by :func:`~.gates.channel_reads_grad`.
+
+    Moneta's ℓq link (``LINK == 1``, scalar gates): the anchor is ``A = ‖Z0‖_q^{2-q} Z0``
+    per layer and the reads are scaled, ``Hq ← s2_t Hq``, ``Zq ← s1_t Zq`` with
+    ``s_t = ‖Z_t‖_q^{2-q}`` from the forward's accumulators (``norms [B, T, H, 4]``,
+    :func:`_store_token_norms`). The scales' gradients ``∂L/∂s1_t = <∂L/∂Zq_t, Zq_t>``,
+    ``∂L/∂s2_t = <∂L/∂Hq_t, Hq_t>`` go to ``gs [B, T, H, 2]``, for
+    :func:`mlp_backward_norms_kernel`.
     """
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -500,6 +548,19 @@ def mlp_backward_reads_kernel(
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
     s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
     el = tl.exp(lb)
+    if LINK == 1:  # Moneta: the anchor's and every token's scales ‖Z‖_q^{2-q}
+        sa1, sa2, _, _ = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 1, LQ, BD, BH)
+        mx1 = tl.load(norms_ptr + tok * 4, mask=mt, other=0.0)
+        ac1 = tl.load(norms_ptr + tok * 4 + 1, mask=mt, other=0.0)
+        mx2 = tl.load(norms_ptr + tok * 4 + 2, mask=mt, other=0.0)
+        ac2 = tl.load(norms_ptr + tok * 4 + 3, mask=mt, other=0.0)
+        sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
+        sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
+    else:
+        sa1 = s_anchor
+        sa2 = s_anchor
+        sct1 = tl.full([BC], 1.0, tl.float32)
+        sct2 = tl.full([BC], 1.0, tl.float32)
     if GATE_CW:  # the scores M ⊙ P, summed channel by channel
         pm = channel_scores(q_ptr, k_ptr, eta_ptr, alpha_ptr, tok, mt, D, BC)
     else:
@@ -510,14 +571,14 @@ def mlp_backward_reads_kernel(
     zq0 = tl.zeros([BC, BD], dtype=tl.float32)
     sa = tl.zeros([BC, BC], dtype=tl.float32)
     for jb in range(0, NB):
-        z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD,
+        z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD,
                                                BD, BH, PREC, GATE_CW)
         dh = mm(dz, a1b, PREC) * gelu_grad(hb)
         if GATE_CW:
             aq = gelu(mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC))
         else:
-            hq = el[:, None] * mm(qt, tl.trans(z2b), PREC)
-            aq = gelu(hq - mm(pqk * mask, dh, PREC))
+            hq = el[:, None] * mm(qt, tl.trans(z2b), PREC) - mm(pqk * mask, dh, PREC)
+            aq = gelu(hq * sct2[:, None])
         zq0 += mm(aq, tl.trans(z1b), PREC)
         sa += mm(aq, tl.trans(act), PREC)
     if GATE_CW:
@@ -525,11 +586,13 @@ def mlp_backward_reads_kernel(
     else:
         zq = el[:, None] * zq0 - mm(sa * mask, dz, PREC)
     zq = tl.where(ymask, zq, 0.0)
-    uq, rstdq = _layer_norm(zq, cm, D, LN_EPS)
-    # ---- back through y = q + LN(Zq) and Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ
+    uq, rstdq = _layer_norm(zq * sct1[:, None], cm, D, LN_EPS)
+    # ---- back through y = q + LN(s1 Zq) and Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ
     gzq = rstdq[:, None] * (gy - (tl.sum(gy, axis=1) / D)[:, None]
                             - uq * (tl.sum(gy * uq, axis=1) / D)[:, None])
     gzq = tl.where(ymask, gzq, 0.0)
+    gs1 = tl.sum(gzq * zq, axis=1)  # ∂L/∂s1_t (Moneta)
+    gzq = gzq * sct1[:, None]
     gq = gy
     gp = tl.zeros([BC, BC], dtype=tl.float32)
     if GATE_CW:
@@ -541,8 +604,8 @@ def mlp_backward_reads_kernel(
         glb = el * gzq * zq0
         gqz = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD,
-                                                   BD, BH, PREC, True)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor,
+                                                    s_anchor, D, HD, BD, BH, PREC, True)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
             hq = mm(qt * el, tl.trans(z2b), PREC) - mm(pm, dh, PREC)
             aq = gelu(hq)
@@ -575,16 +638,20 @@ def mlp_backward_reads_kernel(
         gm = gr * sa
         gdz = -mm(tl.trans(sa * mask), gzq, PREC)
         glb = el * tl.sum(gzq * zq0, axis=1)
+        gs2 = tl.zeros([BC], dtype=tl.float32)  # ∂L/∂s2_t (Moneta)
         for jb in range(0, NB):
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D, HD,
-                                                   BD, BH, PREC, False)
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D,
+                                                    HD, BD, BH, PREC, False)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
             qz2 = mm(qt, tl.trans(z2b), PREC)
             hq = el[:, None] * qz2 - mm(pqk * mask, dh, PREC)
-            aq = gelu(hq)
+            aq = gelu(hq * sct2[:, None])
             # the gradient of Aq, then of Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P) dH
             gaq = el[:, None] * mm(gzq, z1b, PREC) + mm(gs, act, PREC)
-            ghq = gaq * gelu_grad(hq)
+            ghq = gaq * gelu_grad(hq * sct2[:, None])
+            if LINK == 1:
+                gs2 += tl.sum(ghq * hq, axis=1)
+                ghq = ghq * sct2[:, None]
             gq += el[:, None] * mm(ghq, z2b, PREC)
             glb += el * tl.sum(ghq * qz2, axis=1)
             gr2 = -mm(ghq, tl.trans(dh), PREC)
@@ -599,6 +666,9 @@ def mlp_backward_reads_kernel(
                       D, HD, BD, BH)
             _store_w2(gz2r_ptr, rbase, jb * BH, mm(tl.trans(ghq * el[:, None]), qt, PREC),
                       D, HD, BD, BH)
+        if LINK == 1:  # for mlp_backward_norms_kernel
+            tl.store(gs_ptr + tok * 2, gs1, mask=mt)
+            tl.store(gs_ptr + tok * 2 + 1, gs2, mask=mt)
         # ---- P = Q Kᵀ and the gates' read parts
         gq += mm(gp, kt, PREC)
         gmm = gm * mask
@@ -611,6 +681,125 @@ def mlp_backward_reads_kernel(
         tl.store(glbr_ptr + tok, glb, mask=mt)
 
 
+@triton.jit
+def _norms_row_grad(z0, l_c, r, el, mask, dec_t, c, inv, LQ, QM1: tl.constexpr,
+                    PREC: tl.constexpr):
+    """One row ``c`` of :func:`mlp_backward_norms_kernel`: every token's state row
+    ``Z_t[c, :] = E_t z0 - Σ_i M[t, i] l_i[c] r_i`` (Eq 29, ``[BC, BH]``), its share
+    ``Φ = c_t sign(Z_t)|Z_t/m_t|^{q-1}`` of ``∂s_t/∂Z_t · ∂L/∂s_t``, and
+    ``gld = -decᵀ Φ`` (``[BC, BH]``), so that ``∂L/∂r_i = η_i l_i[c] gld[i]``,
+    ``∂L/∂l_i[c] = η_i <gld[i], r_i>`` and ``∂L/∂η_i`` gets ``l_i[c] <gld[i], r_i>``.
+    Returns ``(Σ_t E_t Φ_t [BH], gld, <gld[i], r_i> [BC])``."""
+    z = el[:, None] * z0[None, :] - mm(mask, l_c[:, None] * r, PREC)
+    phi = c[:, None] * _norm_dir(z, inv[:, None], LQ, QM1)
+    gld = -mm(dec_t, phi, PREC)
+    return tl.sum(el[:, None] * phi, axis=0), gld, tl.sum(gld * r, axis=1)
+
+
+@triton.jit(do_not_specialize=["T", "NSEG"])
+def mlp_backward_norms_kernel(
+    k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, norms_ptr, gs_ptr,
+    gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
+    T, H, D, HD, NSEG, LQ,
+    QM1: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
+    PREC: tl.constexpr, NORM_PREC: tl.constexpr,
+):
+    """Moneta's ℓq link (scalar gates): the gradient of every token's read scales
+    ``s_t = ‖Z_t‖_q^{2-q}`` (Eq 24; ``∂L/∂s_t`` from :func:`mlp_backward_reads_kernel`) back
+    through the per-token states ``Z_t = E_t Z0 - Σ_i M[t, i] l_i r_iᵀ`` (Eq 29; ``W1``:
+    ``l = dZ``, ``r = Â``; ``W2`` read by its columns: ``l = k``, ``r = dH``), added to the
+    reads kernel's parts (grid ``NSEG × B·H``, every segment at once).
+
+    With ``∂s/∂Z = (2-q) s/(m acc) sign(Z)|Z/m|^{q-1} =: Φ/∂L/∂s`` (:func:`_norm_grad_coef`),
+    row by row of each hidden block, as in the forward's :func:`_token_norms_block`:
+    ``∂Z0 += Σ_t E_t Φ_t``; ``∂l_i = -Σ_t M[t, i] Φ_t r_i``, ``∂r_i = -Σ_t M[t, i] Φ_tᵀ l_i``;
+    ``∂η_i = -Σ_t dec[t, i] l_iᵀ Φ_t r_i``. The log-decays enter through ``E_t`` and
+    ``M[t, i] = η_i exp(lb_t - lb_i)``: their share adds up to ``<Φ_t, Z_t> - η_t ∂η_t``,
+    and ``<∂s/∂Z, Z> = (2-q) s`` (``s`` is homogeneous of degree ``2-q``), so
+    ``∂lb_t = Σ_layers (2-q) s_t ∂L/∂s_t - η_t ∂η_t`` needs no sum over the state.
+    """
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    NB = tl.cdiv(HD, BH)
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    cm = rd < D
+    size = D * HD
+    base = (bh * (NSEG + 1) + s) * size
+    rbase = (bh * NSEG + s) * size
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    ymask = mt[:, None] & cm[None, :]
+    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+    eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
+    el = tl.exp(lb)
+    dec = decay_mask(lb, mt, BC)
+    mask = dec * eta[None, :]
+    dec_t = tl.trans(dec)
+    sa1, sa2, m1u, l1u = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 1, LQ, BD, BH)
+    mx1 = tl.load(norms_ptr + tok * 4, mask=mt, other=0.0)
+    ac1 = tl.load(norms_ptr + tok * 4 + 1, mask=mt, other=0.0)
+    mx2 = tl.load(norms_ptr + tok * 4 + 2, mask=mt, other=0.0)
+    ac2 = tl.load(norms_ptr + tok * 4 + 3, mask=mt, other=0.0)
+    gs1 = tl.load(gs_ptr + tok * 2, mask=mt, other=0.0)
+    gs2 = tl.load(gs_ptr + tok * 2 + 1, mask=mt, other=0.0)
+    sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
+    sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
+    c1 = _norm_grad_coef(gs1, sct1, mx1, ac1, LQ)
+    c2 = _norm_grad_coef(gs2, sct2, mx2, ac2, LQ)
+    inv1 = 1.0 / tl.where(mx1 > 0.0, mx1, 1.0)
+    inv2 = 1.0 / tl.where(mx2 > 0.0, mx2, 1.0)
+    gdz = tl.zeros([BC, BD], dtype=tl.float32)
+    gk = tl.zeros([BC, BD], dtype=tl.float32)
+    geta = tl.zeros([BC], dtype=tl.float32)
+    for jb in range(0, NB):
+        z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD,
+                                                BD, BH, PREC, False)
+        dh = mm(dz, a1b, PREC) * gelu_grad(hb)
+        rj = jb * BH + tl.arange(0, BH)
+        hm = rj < HD
+        pdh, hmt = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
+        pact, hmt = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+        gdh = tl.load(pdh, mask=hmt, other=0.0)
+        gact = tl.load(pact, mask=hmt, other=0.0)
+        for c in range(0, D):
+            col = (rd == c)[None, :]
+            # W1, row c: Z1_t[c, :] = E_t Z1[c, :] - Σ_i M[t, i] dZ_i[c] â_i
+            dzc = tl.load(dz_ptr + tok * D + c, mask=mt, other=0.0)
+            z0 = tl.load(s1_ptr + base + c * HD + rj, mask=hm, other=0.0)
+            gz0, gld, v = _norms_row_grad(z0, dzc, act, el, mask, dec_t, c1, inv1, LQ, QM1,
+                                          NORM_PREC)
+            ptr = gz1r_ptr + rbase + c * HD + rj
+            tl.store(ptr, tl.load(ptr, mask=hm, other=0.0) + gz0, mask=hm)
+            gact += (eta * dzc)[:, None] * gld
+            gdz += tl.where(col, (eta * v)[:, None], 0.0)
+            geta += dzc * v
+            # W2, column c: Z2_t[:, c] = E_t Z2[:, c] - Σ_i M[t, i] k_i[c] dH_i
+            kc = tl.load(k_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
+            z0 = tl.load(s2_ptr + base + rj * D + c, mask=hm, other=0.0)
+            gz0, gld, v = _norms_row_grad(z0, kc, dh, el, mask, dec_t, c2, inv2, LQ, QM1,
+                                          NORM_PREC)
+            ptr = gz2r_ptr + rbase + rj * D + c
+            tl.store(ptr, tl.load(ptr, mask=hm, other=0.0) + gz0, mask=hm)
+            gdh += (eta * kc)[:, None] * gld
+            gk += tl.where(col, (eta * v)[:, None], 0.0)
+            geta += kc * v
+        tl.store(pdh, gdh, mask=hmt)
+        tl.store(pact, gact, mask=hmt)
+    glb = (2.0 - LQ) * (sct1 * gs1 + sct2 * gs2) - eta * geta
+    pd = tok[:, None] * D + rd[None, :]
+    tl.store(gdzr_ptr + pd, tl.load(gdzr_ptr + pd, mask=ymask, other=0.0) + gdz, mask=ymask)
+    tl.store(gkr_ptr + pd, tl.load(gkr_ptr + pd, mask=ymask, other=0.0) + gk, mask=ymask)
+    tl.store(getar_ptr + tok, tl.load(getar_ptr + tok, mask=mt, other=0.0) + geta, mask=mt)
+    tl.store(glbr_ptr + tok, tl.load(glbr_ptr + tok, mask=mt, other=0.0) + glb, mask=mt)
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_backward_state_kernel(
     k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, u_ptr,
@@ -618,9 +807,10 @@ def mlp_backward_state_kernel(
     gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
     T, H, D, HD, NSEG,
-    P, SHARP, EPS,
-    BIAS: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr, GATE_CW: tl.constexpr,
-    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    P, SHARP, EPS, LQ,
+    BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
+    GATE_CW: tl.constexpr, QM1: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, PREC: tl.constexpr,
 ):
     """The rest of the identity-link MLP backward, segments in reverse (grid ``B·H``): the
     gradient of each segment's end state flows back through the chunk-end updates
@@ -635,6 +825,11 @@ def mlp_backward_state_kernel(
     the second. Channel-wise gates (``GATE_CW``) scale the ``d`` axis of both weights (the
     columns of ``Z2``, the rows of ``Z1``): the decays, the anchor's scale and the weights
     ``w`` become per channel, and so do the gradients of the gates.
+
+    Moneta's ℓq link (``LINK == 1``, scalar gates): the anchor is ``A = s Z0`` with
+    ``s = ‖Z0‖_q^{2-q}`` per layer, so the anchor's gradient ``G_A`` adds
+    ``s G_A + <G_A, Z0> ∂s/∂Z0`` to the start state's (a third pass over the hidden blocks,
+    after ``<G_A, Z0>`` is complete).
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -664,6 +859,15 @@ def mlp_backward_state_kernel(
         alpha = gate_tile(alpha_ptr, tok, mt, D, 1.0, BD, GATE_CW)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
         s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
+        if LINK == 1:  # Moneta's anchor A = ‖Z0‖_q^{2-q} Z0, per layer
+            mxa1, aca1, mxa2, aca2 = _anchor_norms(s1_ptr, s2_ptr, base, D, HD, NB, LQ, BD, BH)
+            sa1 = inv_pow_norm(mxa1, aca1, LQ, LQ - 2.0)
+            sa2 = inv_pow_norm(mxa2, aca2, LQ, LQ - 2.0)
+        else:
+            sa1 = s_anchor
+            sa2 = s_anchor
+        ga_z1 = 0.0  # <G_A1, Z1>, <G_A2, Z2> (Moneta)
+        ga_z2 = 0.0
         last = rc == s1 - s0 - 1
         lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
         elc = tl.exp(lbl)
@@ -691,7 +895,7 @@ def mlp_backward_state_kernel(
         for jb in range(0, NB):
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D,
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D,
                                                     HD, BD, BH, PREC, GATE_CW)
             dza = mm(dz, a1b, PREC)
             dh = dza * gelu_grad(hb)
@@ -732,8 +936,10 @@ def mlp_backward_state_kernel(
                 if DECAYED:
                     ganch += tl.sum(ga1 * z1b, axis=1)
             else:
-                gz1 = elc * g1e + gz1r + s_anchor * ga1
+                gz1 = elc * g1e + gz1r + sa1 * ga1
                 gz2 = elc * g2e + gz2r
+                if LINK == 1:
+                    ga_z1 += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
                 gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
                 gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
                 if DECAYED:
@@ -759,26 +965,42 @@ def mlp_backward_state_kernel(
         gz = tl.where(ymask, gz, 0.0)
         # ---- B2: z = Â A1ᵀ, Â = σ(H), H = K A2ᵀ
         for jb in range(0, NB):
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, s_anchor, D,
+            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D,
                                                     HD, BD, BH, PREC, GATE_CW)
             gact = tl.load(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH))
             gact += mm(gz, a1b, PREC)
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
-            gk += mm(gh, scale_cols(z2b, s_anchor, GATE_CW), PREC)
+            gk += mm(gh, scale_cols(z2b, sa2, GATE_CW), PREC)
             ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
             ga1 = mm(tl.trans(gz), act, PREC)  # [BD, BH]
             g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
             g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
-            _store_w1(g1_ptr, gout, jb * BH, g1o + scale_rows(ga1, s_anchor, GATE_CW), D, HD,
-                      BD, BH)
-            _store_w2(g2_ptr, gout, jb * BH, g2o + scale_cols(ga2, s_anchor, GATE_CW), D, HD,
-                      BD, BH)
+            _store_w1(g1_ptr, gout, jb * BH, g1o + scale_rows(ga1, sa1, GATE_CW), D, HD, BD, BH)
+            _store_w2(g2_ptr, gout, jb * BH, g2o + scale_cols(ga2, sa2, GATE_CW), D, HD, BD, BH)
+            if LINK == 1:
+                ga_z1 += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
+                ga_z2 += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
             if DECAYED:
                 if GATE_CW:
                     ganch += tl.sum(ga1 * z1b, axis=1) + tl.sum(ga2 * z2b, axis=0)
                 else:
                     ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
                     ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
+        if LINK == 1:  # ---- B3: the anchor scales' share, <G_A, Z0> ∂s/∂Z0
+            tl.debug_barrier()  # B2's stores, read below
+            c1 = _norm_grad_coef(ga_z1, sa1, mxa1, aca1, LQ)
+            c2 = _norm_grad_coef(ga_z2, sa2, mxa2, aca2, LQ)
+            inv1 = 1.0 / tl.where(mxa1 > 0.0, mxa1, 1.0)
+            inv2 = 1.0 / tl.where(mxa2 > 0.0, mxa2, 1.0)
+            for jb in range(0, NB):
+                z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+                z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+                g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
+                g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
+                _store_w1(g1_ptr, gout, jb * BH, g1o + c1 * _norm_dir(z1b, inv1, LQ, QM1), D,
+                          HD, BD, BH)
+                _store_w2(g2_ptr, gout, jb * BH, g2o + c2 * _norm_dir(z2b, inv2, LQ, QM1), D,
+                          HD, BD, BH)
         # ---- add the read parts; the gates
         gk += tl.load(gkr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         if GATE_CW:
