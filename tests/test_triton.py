@@ -433,7 +433,7 @@ def test_plans():
     assert tchunked.dot_precision(gdn, bf16) == ("bf16", "bf16")
     assert tchunked.dot_precision(yaad, bf16) == ("tf32x3", "tf32")
     moneta = triton_ops.plan_for(zoo.moneta(D))
-    assert tchunked.dot_precision(moneta, bf16) == ("tf32x3", "tf32x3")
+    assert tchunked.dot_precision(moneta, bf16) == ("tf32x3", "tf32")
     assert tchunked.dot_precision(triton_ops.plan_for(CASES["huber_smooth_cw"][0]),
                                   bf16) == ("tf32x3", "tf32x3")
     assert tchunked.dot_precision(triton_ops.plan_for(zoo.deltanet(D)),

@@ -287,16 +287,18 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
     float32 inputs: full float32 (``"ieee"``) everywhere. 16-bit inputs: bf16 operands
     (float32 accumulation) for matrix memories without the Huber switch; else ``"tf32x3"``
     (about float32's accuracy on tensor cores) for the state pass and, for MLP memories with
-    the identity link, ``"tf32"`` for the other kernels. The reason is measured sensitivity:
+    the identity link or Moneta's ℓq link, ``"tf32"`` for the other kernels. The reason is
+    measured sensitivity:
     perturbing the inputs by TF32's relative rounding (2^-11) moves the outputs and states of
     the torch backend by about 5e-4 for Gated DeltaNet, but by 3e-2 for Yaad (tokens near the
     switch ``‖e‖ = δ`` of Eq 16 change branch) and 1e-2 for Memora; on an H200 plain TF32 in
     every kernel gives Yaad gradient errors of 0.3, TF32 outside the state pass 7e-3
     (docs/kernels.md). The matrix backward kernels recompute ``e`` and keep the state pass's
-    precision; with the ℓq and KL links (gradients by the torch recomputation) TF32 makes
-    the MLP output kernel slower (H200: Moneta 37 -> 44 ms, Memora 31 -> 33 ms), so they
-    keep it too; only the products that form Moneta's per-token states for their norms run
-    in TF32 there, or ``ieee`` where the other kernels do (float32 inputs, or that
+    precision. With Moneta's link, TF32 in the other kernels takes its forward+backward from
+    101.5 to 77.7 ms (H200, the benchmark's size); with the KL link (gradients by the torch
+    recomputation) TF32 makes the MLP output kernel slower (H200: Memora 31 -> 33 ms), so it
+    keeps TF32x3. The products that form Moneta's per-token states for their norms and their
+    gradients run in TF32, or ``ieee`` where the other kernels do (float32 inputs, or that
     override); they have no precision argument of their own. ``override``: one of
     :data:`DOT_PRECISIONS` for every kernel, or a pair ``(state pass, others)``; ``"bf16"``
     is refused for MLP memories: Triton 3.6 builds their backward kernel with bf16 operands
@@ -306,7 +308,8 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
         if dtype == torch.float32:
             return ("ieee", "ieee")
         if plan.kind == "mlp":  # the faster one for the other kernels
-            return ("tf32x3", "tf32" if plan.link == LINK_CODES["identity"] else "tf32x3")
+            fast = plan.link in (LINK_CODES["identity"], LINK_CODES["lq_simplified"])
+            return ("tf32x3", "tf32" if fast else "tf32x3")
         huber = plan.bias in (BIAS_CODES["huber_smooth"], BIAS_CODES["huber_exact"])
         return ("tf32x3", "tf32x3") if huber else ("bf16", "bf16")
     pair = (override, override) if isinstance(override, str) else tuple(override)
@@ -556,8 +559,8 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     if moneta:  # the read scales' gradients through every token's state
         mlp_backward_norms_kernel[(L.n_seg, B * H)](
             k, eta, alpha, L.bounds, s1, s2, dz, norms, gs, *reads, T, H, d, hd, L.n_seg,
-            plan.q, QM1=q_int(plan.q - 1.0), BC=L.block_c, BD=_pow2(d), BH=L.block_hidden,
-            PREC=L.prec, NORM_PREC="ieee" if L.prec == "ieee" else "tf32", num_warps=warps,
+            plan.q, QM1=q_int(plan.q - 1.0), BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
+            NORM_PREC="ieee" if L.prec == "ieee" else "tf32", num_warps=L.num_warps,
             num_stages=1)
     mlp_backward_state_kernel[(B * H,)](
         k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,

@@ -708,7 +708,10 @@ def mlp_backward_norms_kernel(
     ``s_t = ‖Z_t‖_q^{2-q}`` (Eq 24; ``∂L/∂s_t`` from :func:`mlp_backward_reads_kernel`) back
     through the per-token states ``Z_t = E_t Z0 - Σ_i M[t, i] l_i r_iᵀ`` (Eq 29; ``W1``:
     ``l = dZ``, ``r = Â``; ``W2`` read by its columns: ``l = k``, ``r = dH``), added to the
-    reads kernel's parts (grid ``NSEG × B·H``, every segment at once).
+    reads kernel's parts (grid ``NSEG × B·H``, every segment at once). The row-wise parts
+    (of ``Z0``'s rows and columns, of ``dZ[:, c]`` and ``k[:, c]``) are added by atomic adds,
+    which do not wait for the memory as a load-add-store would; each program owns its
+    segment's elements, so no two programs add to one.
 
     With ``∂s/∂Z = (2-q) s/(m acc) sign(Z)|Z/m|^{q-1} =: Φ/∂L/∂s`` (:func:`_norm_grad_coef`),
     row by row of each hidden block, as in the forward's :func:`_token_norms_block`:
@@ -755,8 +758,6 @@ def mlp_backward_norms_kernel(
     c2 = _norm_grad_coef(gs2, sct2, mx2, ac2, LQ)
     inv1 = 1.0 / tl.where(mx1 > 0.0, mx1, 1.0)
     inv2 = 1.0 / tl.where(mx2 > 0.0, mx2, 1.0)
-    gdz = tl.zeros([BC, BD], dtype=tl.float32)
-    gk = tl.zeros([BC, BD], dtype=tl.float32)
     geta = tl.zeros([BC], dtype=tl.float32)
     for jb in range(0, NB):
         z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD,
@@ -769,33 +770,27 @@ def mlp_backward_norms_kernel(
         gdh = tl.load(pdh, mask=hmt, other=0.0)
         gact = tl.load(pact, mask=hmt, other=0.0)
         for c in range(0, D):
-            col = (rd == c)[None, :]
             # W1, row c: Z1_t[c, :] = E_t Z1[c, :] - Σ_i M[t, i] dZ_i[c] â_i
             dzc = tl.load(dz_ptr + tok * D + c, mask=mt, other=0.0)
             z0 = tl.load(s1_ptr + base + c * HD + rj, mask=hm, other=0.0)
             gz0, gld, v = _norms_row_grad(z0, dzc, act, el, mask, dec_t, c1, inv1, LQ, QM1,
                                           NORM_PREC)
-            ptr = gz1r_ptr + rbase + c * HD + rj
-            tl.store(ptr, tl.load(ptr, mask=hm, other=0.0) + gz0, mask=hm)
+            tl.atomic_add(gz1r_ptr + rbase + c * HD + rj, gz0, mask=hm, sem="relaxed")
             gact += (eta * dzc)[:, None] * gld
-            gdz += tl.where(col, (eta * v)[:, None], 0.0)
+            tl.atomic_add(gdzr_ptr + tok * D + c, eta * v, mask=mt, sem="relaxed")
             geta += dzc * v
             # W2, column c: Z2_t[:, c] = E_t Z2[:, c] - Σ_i M[t, i] k_i[c] dH_i
             kc = tl.load(k_ptr + tok * D + c, mask=mt, other=0.0).to(tl.float32)
             z0 = tl.load(s2_ptr + base + rj * D + c, mask=hm, other=0.0)
             gz0, gld, v = _norms_row_grad(z0, kc, dh, el, mask, dec_t, c2, inv2, LQ, QM1,
                                           NORM_PREC)
-            ptr = gz2r_ptr + rbase + rj * D + c
-            tl.store(ptr, tl.load(ptr, mask=hm, other=0.0) + gz0, mask=hm)
+            tl.atomic_add(gz2r_ptr + rbase + rj * D + c, gz0, mask=hm, sem="relaxed")
             gdh += (eta * kc)[:, None] * gld
-            gk += tl.where(col, (eta * v)[:, None], 0.0)
+            tl.atomic_add(gkr_ptr + tok * D + c, eta * v, mask=mt, sem="relaxed")
             geta += kc * v
         tl.store(pdh, gdh, mask=hmt)
         tl.store(pact, gact, mask=hmt)
     glb = (2.0 - LQ) * (sct1 * gs1 + sct2 * gs2) - eta * geta
-    pd = tok[:, None] * D + rd[None, :]
-    tl.store(gdzr_ptr + pd, tl.load(gdzr_ptr + pd, mask=ymask, other=0.0) + gdz, mask=ymask)
-    tl.store(gkr_ptr + pd, tl.load(gkr_ptr + pd, mask=ymask, other=0.0) + gk, mask=ymask)
     tl.store(getar_ptr + tok, tl.load(getar_ptr + tok, mask=mt, other=0.0) + geta, mask=mt)
     tl.store(glbr_ptr + tok, tl.load(glbr_ptr + tok, mask=mt, other=0.0) + glb, mask=mt)
 
