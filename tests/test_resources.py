@@ -71,3 +71,28 @@ def test_record_refuses_without_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         resources.record(models=["deltanet"], dims=[16])
+
+
+def test_every_kernel_case_compiles_for_sm90(tmp_path):
+    """Every launch of every case of :func:`miras_gpu.triton.cases.kernel_cases` (float32,
+    d = 16, scalar and channel-wise gates) compiles for sm_90 with the installed Triton. The
+    interpreter tests run the same kernels but do not compile them: a compiler's refusal (a
+    loop-carried variable whose type changes) or crash shows only here, or on a GPU."""
+    from miras_gpu.triton.cases import kernel_cases
+
+    path = tmp_path / "rows.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cases = list(kernel_cases(16))
+    proc = subprocess.run([sys.executable, "-m", "miras_gpu.triton.resources", "--models",
+                           ",".join(cases), "--dims", "16", "--dtypes", "float32", "--chunk",
+                           "16", "--gates", "scalar,channel", "--json", str(path)], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(path.read_text())
+    for name in cases:
+        mine = [r for r in rows if r["model"].split(" ")[0] == name]
+        assert mine, name
+        assert all(0 < r["registers"] <= 255 for r in mine), name
+    kernels = {r["kernel"] for r in rows}
+    assert {"mlp_backward_norms_kernel", "mlp_backward_state_kernel",
+            "matrix_backward_kernel"} <= kernels

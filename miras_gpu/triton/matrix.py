@@ -159,16 +159,16 @@ def matrix_output_kernel(
     else:
         z = z0
         for i in range(0, s1 - s0):
-            tok = (b * T + s0 + i) * H + h
-            kt = tl.load(k_ptr + tok * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
-            qt = tl.load(q_ptr + tok * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
-            dyt = tl.load(dy_ptr + tok * DV + rv, mask=rv < DV, other=0.0)
-            al, et = token_gates(eta_ptr, alpha_ptr, tok, DK, BK, GATE_CW)
+            ti = (b * T + s0 + i) * H + h
+            kt = tl.load(k_ptr + ti * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
+            qt = tl.load(q_ptr + ti * DK + rk, mask=rk < DK, other=0.0).to(tl.float32)
+            dyt = tl.load(dy_ptr + ti * DV + rv, mask=rv < DV, other=0.0)
+            al, et = token_gates(eta_ptr, alpha_ptr, ti, DK, BK, GATE_CW)
             # Z_t = α_t Z_{t-1} - η_t dY_t k_tᵀ (= Eq 29 token by token); y_t = ψ(Z_t) q_t
             z = scale_cols(z, al, GATE_CW) - scale_cols(dyt[:, None] * kt[None, :], et, GATE_CW)
             wt = link(z, zmask, LINK, LQ, KLC)
             yt = tl.sum(wt * qt[None, :], axis=1)
-            tl.store(y_ptr + tok * DV + rv, yt.to(y_ptr.dtype.element_ty), mask=rv < DV)
+            tl.store(y_ptr + ti * DV + rv, yt.to(y_ptr.dtype.element_ty), mask=rv < DV)
 
 
 @triton.jit

@@ -861,8 +861,10 @@ def mlp_backward_state_kernel(
         else:
             sa1 = s_anchor
             sa2 = s_anchor
-        ga_z1 = 0.0  # <G_A1, Z1>, <G_A2, Z2> (Moneta)
-        ga_z2 = 0.0
+        # <G_A1, Z1>, <G_A2, Z2> (Moneta; DECAYED: ganch); B1's share of the first per token
+        ga_z1x = tl.zeros([BC], dtype=tl.float32)
+        ga_z1 = tl.zeros([BD], dtype=tl.float32)
+        ga_z2 = tl.zeros([BD], dtype=tl.float32)
         last = rc == s1 - s0 - 1
         lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
         elc = tl.exp(lbl)
@@ -892,7 +894,11 @@ def mlp_backward_state_kernel(
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
             z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D,
                                                     HD, BD, BH, PREC, GATE_CW)
-            dza = mm(dz, a1b, PREC)
+            if GATE_CW:
+                dza = mm(dz, a1b, PREC)
+            else:  # dZ A1b = sa1 (dZ Z1b); <dZᵀ x, Z1b> = <x, dZ Z1b> below
+                dzz = mm(dz, z1b, PREC)
+                dza = sa1 * dzz
             dh = dza * gelu_grad(hb)
             # Z2_end = E_C Z2 - (w ⊙ dH)ᵀ K ; Z1_end = E_C Z1 - (w ⊙ dZ)ᵀ Â
             # (channel-wise: Z2_end = Z2 ⊙ E_C - dHᵀ (w ⊙ K), Z1_end = E_C ⊙ Z1 - (w ⊙ dZ)ᵀ Â)
@@ -933,12 +939,15 @@ def mlp_backward_state_kernel(
             else:
                 gz1 = elc * g1e + gz1r + sa1 * ga1
                 gz2 = elc * g2e + gz2r
+                # <G_A1, Z1b> of dZ = LN'ᵀ dY's share, per token (the same sum as <ga1, Z1b>:
+                # summed over the tile, Triton 3.9's LLVM fails an assertion compiling it for
+                # float32 inputs at d = 16)
                 if LINK == 1:
-                    ga_z1 += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
+                    ga_z1x += tl.sum(x * dzz, axis=1)
+                if DECAYED:
+                    ga_z1x += tl.sum(x * dzz, axis=1)
                 gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
                 gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
-                if DECAYED:
-                    ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
             _store_w1(g1_ptr, gout, jb * BH, gz1, D, HD, BD, BH)
             _store_w2(g2_ptr, gout, jb * BH, gz2, D, HD, BD, BH)
             tl.store(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH), gact)
@@ -973,8 +982,8 @@ def mlp_backward_state_kernel(
             _store_w1(g1_ptr, gout, jb * BH, g1o + scale_rows(ga1, sa1, GATE_CW), D, HD, BD, BH)
             _store_w2(g2_ptr, gout, jb * BH, g2o + scale_cols(ga2, sa2, GATE_CW), D, HD, BD, BH)
             if LINK == 1:
-                ga_z1 += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
-                ga_z2 += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
+                ga_z1 += tl.sum(ga1 * z1b, axis=1)
+                ga_z2 += tl.sum(ga2 * z2b, axis=0)
             if DECAYED:
                 if GATE_CW:
                     ganch += tl.sum(ga1 * z1b, axis=1) + tl.sum(ga2 * z2b, axis=0)
@@ -983,8 +992,9 @@ def mlp_backward_state_kernel(
                     ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
         if LINK == 1:  # ---- B3: the anchor scales' share, <G_A, Z0> ∂s/∂Z0
             tl.debug_barrier()  # B2's stores, read below
-            c1 = _norm_grad_coef(ga_z1, sa1, mxa1, aca1, LQ)
-            c2 = _norm_grad_coef(ga_z2, sa2, mxa2, aca2, LQ)
+            ga1_z1 = tl.sum(ga_z1, axis=0) + tl.sum(ga_z1x, axis=0)
+            c1 = _norm_grad_coef(ga1_z1, sa1, mxa1, aca1, LQ)
+            c2 = _norm_grad_coef(tl.sum(ga_z2, axis=0), sa2, mxa2, aca2, LQ)
             inv1 = 1.0 / tl.where(mxa1 > 0.0, mxa1, 1.0)
             inv2 = 1.0 / tl.where(mxa2 > 0.0, mxa2, 1.0)
             for jb in range(0, NB):
@@ -1015,7 +1025,7 @@ def mlp_backward_state_kernel(
             if GATE_CW:
                 galpha = tl.where((rc == 0)[:, None], galpha + ganch[None, :], galpha)
             else:
-                galpha = tl.where(rc == 0, galpha + ganch, galpha)
+                galpha = tl.where(rc == 0, galpha + ganch + tl.sum(ga_z1x, axis=0), galpha)
         tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
                  mask=ymask)
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
