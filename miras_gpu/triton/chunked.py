@@ -13,10 +13,12 @@ What runs where (docs/kernels.md has the equations):
 no lag token, head dims <= 64  dual-form reads)               segments in reverse, and the
 (matrix: DeltaNet, Gated                                      segment-parallel gradients;
 DeltaNet, GLA, ...; MLP: Yaad,                                for the MLP the reads first,
-TTT-MLP)                                                      then the state gradient)
-ℓq / KL links (Moneta,         Triton (state pass + reads;    torch autograd, chunk by chunk,
-Memora, ...), a lag token,     per-token states or norms      from the stored chunk states
-or head dims above 64          where the link needs them)     (one CUDA graph on CUDA)
+TTT-MLP); MLP with Moneta's                                   Moneta's norms' gradient next,
+ℓq link and scalar gates                                      then the state gradient)
+ℓq / KL links (Memora, Moneta  Triton (state pass + reads;    torch autograd, chunk by chunk,
+with channel-wise gates,       per-token states or norms      from the stored chunk states
+...), a lag token, or head     where the link needs them)     (one CUDA graph on CUDA)
+dims above 64
 anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
 
