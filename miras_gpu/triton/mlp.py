@@ -313,6 +313,17 @@ def _store_token_norms(norms_ptr, tok, mt, mx1, ac1, mx2, ac2):
     tl.store(norms_ptr + tok * 4 + 3, ac2, mask=mt)
 
 
+@triton.jit
+def _load_token_norms(norms_ptr, tok, mt):
+    """The accumulators :func:`_store_token_norms` stored: ``(m1, acc1, m2, acc2)``, ``[BC]``
+    each (0 for padded tokens)."""
+    m1 = tl.load(norms_ptr + tok * 4, mask=mt, other=0.0)
+    acc1 = tl.load(norms_ptr + tok * 4 + 1, mask=mt, other=0.0)
+    m2 = tl.load(norms_ptr + tok * 4 + 2, mask=mt, other=0.0)
+    acc2 = tl.load(norms_ptr + tok * 4 + 3, mask=mt, other=0.0)
+    return m1, acc1, m2, acc2
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_output_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr, norms_ptr,
@@ -550,10 +561,7 @@ def mlp_backward_reads_kernel(
     el = tl.exp(lb)
     if LINK == 1:  # Moneta: the anchor's and every token's scales ‖Z‖_q^{2-q}
         sa1, sa2, _, _ = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 1, LQ, BD, BH)
-        mx1 = tl.load(norms_ptr + tok * 4, mask=mt, other=0.0)
-        ac1 = tl.load(norms_ptr + tok * 4 + 1, mask=mt, other=0.0)
-        mx2 = tl.load(norms_ptr + tok * 4 + 2, mask=mt, other=0.0)
-        ac2 = tl.load(norms_ptr + tok * 4 + 3, mask=mt, other=0.0)
+        mx1, ac1, mx2, ac2 = _load_token_norms(norms_ptr, tok, mt)
         sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
         sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
     else:
@@ -746,10 +754,7 @@ def mlp_backward_norms_kernel(
     mask = dec * eta[None, :]
     dec_t = tl.trans(dec)
     sa1, sa2, m1u, l1u = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 1, LQ, BD, BH)
-    mx1 = tl.load(norms_ptr + tok * 4, mask=mt, other=0.0)
-    ac1 = tl.load(norms_ptr + tok * 4 + 1, mask=mt, other=0.0)
-    mx2 = tl.load(norms_ptr + tok * 4 + 2, mask=mt, other=0.0)
-    ac2 = tl.load(norms_ptr + tok * 4 + 3, mask=mt, other=0.0)
+    mx1, ac1, mx2, ac2 = _load_token_norms(norms_ptr, tok, mt)
     gs1 = tl.load(gs_ptr + tok * 2, mask=mt, other=0.0)
     gs2 = tl.load(gs_ptr + tok * 2 + 1, mask=mt, other=0.0)
     sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
