@@ -266,6 +266,13 @@ class Launch:
     #: channel-wise gates ``[B, T, H, D]`` (every kernel takes them)
     gate_cw: bool = False
 
+    @property
+    def norm_prec(self) -> str:
+        """``tl.dot`` precision of the products that form Moneta's per-token states for their
+        norms (forward) and their gradients (backward): TF32, or ``ieee`` where the other
+        kernels run in full float32."""
+        return "ieee" if self.prec == "ieee" else "tf32"
+
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
@@ -492,7 +499,7 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
             LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, QI=q_int(plan.q),
             BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
-            NORM_PREC="ieee" if L.prec == "ieee" else "tf32", num_warps=L.num_warps,
+            NORM_PREC=L.norm_prec, num_warps=L.num_warps,
             num_stages=1)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
@@ -550,6 +557,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     cw = delta is not None and delta.ndim == 4
     reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
     moneta = plan.link == LINK_CODES["lq_simplified"]
+    qm1 = q_int(plan.q - 1.0)  # sign(Z)|Z|^{q-1} by products where q is an integer
     gs = _empty((B, T, H, 2), f32, dev) if moneta else gq  # ∂L/∂(read scales), Moneta
     warps = 8 if L.block_c >= 64 else L.num_warps
     consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
@@ -561,14 +569,14 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     if moneta:  # the read scales' gradients through every token's state
         mlp_backward_norms_kernel[(L.n_seg, B * H)](
             k, eta, alpha, L.bounds, s1, s2, dz, norms, gs, *reads, T, H, d, hd, L.n_seg,
-            plan.q, QM1=q_int(plan.q - 1.0), BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
-            NORM_PREC="ieee" if L.prec == "ieee" else "tf32", num_warps=L.num_warps,
+            plan.q, QM1=qm1, BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
+            NORM_PREC=L.norm_prec, num_warps=L.num_warps,
             num_stages=1)
     mlp_backward_state_kernel[(B * H,)](
         k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,
         g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
         T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q,
-        BIAS=plan.bias, LINK=plan.link, QM1=q_int(plan.q - 1.0), DELTA_CW=cw, BH=bhid,
+        BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw, BH=bhid,
         **consts)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])

@@ -488,13 +488,14 @@ def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD, BD: tl.constex
 
 
 @triton.jit
-def _norm_grad_coef(gs, sc, mx, acc, LQ):
-    """The factor ``c`` of ``∂s/∂Z · gs = c · sign(Z) |Z/m|^{q-1}`` for the scale
-    ``s = ‖Z‖_q^{2-q}`` (Eq 24) from its :func:`~._math.qnorm_update` accumulator
+def _norm_grad(gs, sc, mx, acc, LQ):
+    """``(c, 1/m)`` with ``∂s/∂Z · gs = c · sign(Z) |Z/m|^{q-1}`` (:func:`_norm_dir`) for the
+    scale ``s = ‖Z‖_q^{2-q}`` (Eq 24) from its :func:`~._math.qnorm_update` accumulator
     ``(m, acc)``: with ``‖Z‖_q^q = m^q acc``, ``∂s/∂Z = (2-q) s / (m acc) sign(Z)|Z/m|^{q-1}``
-    (0 for a zero state)."""
+    (``c = 0`` for a zero state)."""
     den = mx * acc
-    return tl.where(den > 0.0, gs * (2.0 - LQ) * sc / tl.where(den > 0.0, den, 1.0), 0.0)
+    c = tl.where(den > 0.0, gs * (2.0 - LQ) * sc / tl.where(den > 0.0, den, 1.0), 0.0)
+    return c, 1.0 / tl.where(mx > 0.0, mx, 1.0)
 
 
 @triton.jit
@@ -721,7 +722,7 @@ def mlp_backward_norms_kernel(
     which do not wait for the memory as a load-add-store would; each program owns its
     segment's elements, so no two programs add to one.
 
-    With ``∂s/∂Z = (2-q) s/(m acc) sign(Z)|Z/m|^{q-1} =: Φ/∂L/∂s`` (:func:`_norm_grad_coef`),
+    With ``∂s/∂Z = (2-q) s/(m acc) sign(Z)|Z/m|^{q-1} =: Φ/∂L/∂s`` (:func:`_norm_grad`),
     row by row of each hidden block, as in the forward's :func:`_token_norms_block`:
     ``∂Z0 += Σ_t E_t Φ_t``; ``∂l_i = -Σ_t M[t, i] Φ_t r_i``, ``∂r_i = -Σ_t M[t, i] Φ_tᵀ l_i``;
     ``∂η_i = -Σ_t dec[t, i] l_iᵀ Φ_t r_i``. The log-decays enter through ``E_t`` and
@@ -759,10 +760,8 @@ def mlp_backward_norms_kernel(
     gs2 = tl.load(gs_ptr + tok * 2 + 1, mask=mt, other=0.0)
     sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
     sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
-    c1 = _norm_grad_coef(gs1, sct1, mx1, ac1, LQ)
-    c2 = _norm_grad_coef(gs2, sct2, mx2, ac2, LQ)
-    inv1 = 1.0 / tl.where(mx1 > 0.0, mx1, 1.0)
-    inv2 = 1.0 / tl.where(mx2 > 0.0, mx2, 1.0)
+    c1, inv1 = _norm_grad(gs1, sct1, mx1, ac1, LQ)
+    c2, inv2 = _norm_grad(gs2, sct2, mx2, ac2, LQ)
     geta = tl.zeros([BC], dtype=tl.float32)
     for jb in range(0, NB):
         z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD,
@@ -866,7 +865,9 @@ def mlp_backward_state_kernel(
         else:
             sa1 = s_anchor
             sa2 = s_anchor
-        # <G_A1, Z1>, <G_A2, Z2> (Moneta; DECAYED: ganch); B1's share of the first per token
+        # <G_A1, Z1>, <G_A2, Z2>, the anchor scales' gradients (Moneta's per layer; the decayed
+        # anchor's their sum), per channel of d; with scalar gates B1's share of the first per
+        # token in ga_z1x
         ga_z1x = tl.zeros([BC], dtype=tl.float32)
         ga_z1 = tl.zeros([BD], dtype=tl.float32)
         ga_z2 = tl.zeros([BD], dtype=tl.float32)
@@ -888,11 +889,9 @@ def mlp_backward_state_kernel(
         if GATE_CW:  # per channel
             gw = tl.zeros([BC, BD], dtype=tl.float32)
             gend = tl.zeros([BD], dtype=tl.float32)
-            ganch = tl.zeros([BD], dtype=tl.float32)
         else:
             gw = tl.zeros([BC], dtype=tl.float32)
             gend = 0.0
-            ganch = 0.0
         # ---- B1: per hidden block, everything that does not need gz (the gradient of z)
         for jb in range(0, NB):
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
@@ -940,16 +939,14 @@ def mlp_backward_state_kernel(
                 gz2 = scale_cols(g2e, elc, True) + gz2r
                 gend += tl.sum(g1e * z1b, axis=1) + tl.sum(g2e * z2b, axis=0)
                 if DECAYED:
-                    ganch += tl.sum(ga1 * z1b, axis=1)
+                    ga_z1 += tl.sum(ga1 * z1b, axis=1)
             else:
                 gz1 = elc * g1e + gz1r + sa1 * ga1
                 gz2 = elc * g2e + gz2r
                 # <G_A1, Z1b> of dZ = LN'ᵀ dY's share, per token (the same sum as <ga1, Z1b>:
                 # summed over the tile, Triton 3.9's LLVM fails an assertion compiling it for
                 # float32 inputs at d = 16)
-                if LINK == 1:
-                    ga_z1x += tl.sum(x * dzz, axis=1)
-                if DECAYED:
+                if LINK == 1 or DECAYED:
                     ga_z1x += tl.sum(x * dzz, axis=1)
                 gend += tl.sum(tl.sum(g1e * z1b, axis=1), axis=0)
                 gend += tl.sum(tl.sum(g2e * z2b, axis=1), axis=0)
@@ -986,22 +983,14 @@ def mlp_backward_state_kernel(
             g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
             _store_w1(g1_ptr, gout, jb * BH, g1o + scale_rows(ga1, sa1, GATE_CW), D, HD, BD, BH)
             _store_w2(g2_ptr, gout, jb * BH, g2o + scale_cols(ga2, sa2, GATE_CW), D, HD, BD, BH)
-            if LINK == 1:
+            if LINK == 1 or DECAYED:
                 ga_z1 += tl.sum(ga1 * z1b, axis=1)
                 ga_z2 += tl.sum(ga2 * z2b, axis=0)
-            if DECAYED:
-                if GATE_CW:
-                    ganch += tl.sum(ga1 * z1b, axis=1) + tl.sum(ga2 * z2b, axis=0)
-                else:
-                    ganch += tl.sum(tl.sum(ga1 * z1b, axis=1), axis=0)
-                    ganch += tl.sum(tl.sum(ga2 * z2b, axis=1), axis=0)
         if LINK == 1:  # ---- B3: the anchor scales' share, <G_A, Z0> ∂s/∂Z0
             tl.debug_barrier()  # B2's stores, read below
             ga1_z1 = tl.sum(ga_z1, axis=0) + tl.sum(ga_z1x, axis=0)
-            c1 = _norm_grad_coef(ga1_z1, sa1, mxa1, aca1, LQ)
-            c2 = _norm_grad_coef(tl.sum(ga_z2, axis=0), sa2, mxa2, aca2, LQ)
-            inv1 = 1.0 / tl.where(mxa1 > 0.0, mxa1, 1.0)
-            inv2 = 1.0 / tl.where(mxa2 > 0.0, mxa2, 1.0)
+            c1, inv1 = _norm_grad(ga1_z1, sa1, mxa1, aca1, LQ)
+            c2, inv2 = _norm_grad(tl.sum(ga_z2, axis=0), sa2, mxa2, aca2, LQ)
             for jb in range(0, NB):
                 z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
                 z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
@@ -1028,9 +1017,10 @@ def mlp_backward_state_kernel(
         galpha = gla / alpha
         if DECAYED:
             if GATE_CW:
-                galpha = tl.where((rc == 0)[:, None], galpha + ganch[None, :], galpha)
+                galpha = tl.where((rc == 0)[:, None], galpha + (ga_z1 + ga_z2)[None, :], galpha)
             else:
-                galpha = tl.where(rc == 0, galpha + ganch + tl.sum(ga_z1x, axis=0), galpha)
+                ganch = tl.sum(ga_z1 + ga_z2, axis=0) + tl.sum(ga_z1x, axis=0)
+                galpha = tl.where(rc == 0, galpha + ganch, galpha)
         tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
                  mask=ymask)
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
