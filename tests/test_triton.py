@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 
 # before triton is imported: the kernels are defined for Triton's CPU interpreter
 _PREVIOUS = os.environ.get("TRITON_INTERPRET")
@@ -78,7 +79,7 @@ def _poisoned_single_thread(monkeypatch):
 
 
 #: cases whose gradients come from the torch recomputation, not a backward kernel
-TORCH_BACKWARD = {"lq_simplified", "lq_exact", "kl_row", "kl_all_lag", "memora"}
+TORCH_BACKWARD = {"lq_simplified", "lq_exact", "kl_row", "kl_all_lag"}
 #: name: (config, channel-wise delta, which backward runs)
 CASES = {name: (cfg, cw, "torch" if name in TORCH_BACKWARD else "triton")
          for name, (cfg, cw) in kernel_cases(D).items()}
@@ -206,10 +207,10 @@ def test_channel_wise_gates(name, monkeypatch):
     """Channel-wise ``η, α [B, T, H, D]`` run on the forward kernels (no fallback note) and
     match the torch backend in float64 and ``miras_ref`` (output, final state, every
     gradient). The gradients of identity-link memories come from the backward kernels (the
-    torch recomputation is refused), the others (and Moneta's, whose kernels take scalar
-    gates only) from the torch recomputation."""
+    torch recomputation is refused), the others (and Moneta's and Memora's, whose kernels
+    take scalar gates only) from the torch recomputation."""
     cfg, cw, which = CASES[name]
-    if which == "triton" and name != "moneta":
+    if which == "triton" and name not in ("moneta", "memora"):
         monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
     heads = 2 if isinstance(cfg.memory, MatrixMemory) else 1
     for seed in range(21, 21 + MAX_DRAWS):
@@ -358,14 +359,30 @@ def test_cu_seqlens_matches_torch_backend():
 
 @pytest.mark.parametrize("chunk,t", [(1, 6), (4, 9)])
 def test_lag_token_gradients_with_one_token_chunks(chunk, t):
-    """Memora's gradients (torch recomputation from the stored chunk starts) when chunks of
-    one token are the lag token alone, one segment instead of two: every chunk (chunk size
-    1, as ``scan`` runs) or the last one (T = 9, chunk 4), against the torch backend in
-    float64, within the bound of the torch backend's own float32 path (:func:`_torch32_tol`)."""
+    """Memora's gradients when chunks of one token are the lag token alone, one segment
+    instead of two: every chunk (chunk size 1, as ``scan`` runs) or the last one (T = 9,
+    chunk 4), against the torch backend in float64, within the bound of the torch backend's
+    own float32 path (:func:`_torch32_tol`); by the backward kernels and by the torch
+    recomputation from the stored chunk starts."""
     cfg = CASES["memora"][0]
     q, k, v, gates, init = make_inputs(cfg, t=t, h=2, seed=5)
     tol = _torch32_tol(cfg, q, k, v, gates, init, chunk)
-    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=chunk), tol)
+    for backward in ("auto", "torch"):
+        assert_within(*run_both(cfg, q, k, v, gates, init, chunk=chunk, backward=backward), tol)
+
+
+@pytest.mark.parametrize("name", ["memora", "yaad_lag"])
+def test_backward_kernels_with_lag_token(name, monkeypatch):
+    """The backward kernels with the lag token (Eq 30-32: each chunk is a segment of one token
+    and the rest): Memora's KL link and, with a lag token added, Yaad's identity link, at
+    d = 24 (padded to 32), hidden 96 (a partial block), chunk 12 (last chunk partial),
+    against float64 autograd; the torch recomputation is refused."""
+    cfg = zoo.memora(24) if name == "memora" else replace(zoo.yaad(24), lag_token=True)
+    assert triton_ops.plan_for(cfg).triton_backward
+    monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
+    q, k, v, gates, init = make_inputs(cfg, t=29, h=1, seed=19)
+    tol = _torch32_tol(cfg, q, k, v, gates, init, 12)
+    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12, block_hidden=32), tol)
 
 
 @pytest.mark.parametrize("name", ["moneta", "memora"])
@@ -378,7 +395,7 @@ def test_torch_backward_in_windows(monkeypatch, name):
     cfg = CASES[name][0]
     q, k, v, gates, init = make_inputs(cfg, t=19, h=2, seed=7)
     tol = _torch32_tol(cfg, q, k, v, gates, init, 4)
-    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=4), tol)
+    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=4, backward="torch"), tol)
 
 
 @pytest.mark.parametrize("name", ["deltanet", "memora"])

@@ -132,8 +132,8 @@ class Plan:
         """
         mem = self.config.memory
         dims = (mem.d_k, mem.d_v) if self.kind == "matrix" else (mem.d,)
-        links = (0, 1) if self.kind == "mlp" else (0,)
-        return self.link in links and not self.config.lag_token and max(dims) <= 64
+        links = (0, 1, 3) if self.kind == "mlp" else (0,)
+        return self.link in links and max(dims) <= 64
 
 
 def _bias_code(bias) -> tuple[int, dict] | str:
@@ -276,8 +276,9 @@ class Launch:
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
-        moneta_cw = plan.link == LINK_CODES["lq_simplified"] and self.gate_cw
-        return plan.triton_backward and not self.torch_backward and not moneta_cw
+        scalar_only = plan.link in (LINK_CODES["lq_simplified"], LINK_CODES["kl_row"])
+        return (plan.triton_backward and not self.torch_backward
+                and not (scalar_only and self.gate_cw))
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -450,13 +451,15 @@ MLP_WINDOW = 256
 
 def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True,
                  save_ln=False):
-    """MLP forward: ``(y, final state, start states, (dZ, u, rstd, norms))``. With ``keep_states``
-    (gradients needed) every segment's start state is kept for the backward; without, the
-    segments run in windows of :data:`MLP_WINDOW`, so the state memory does not grow with
-    ``T``. ``dZ [B, T, H, d]`` (float32) is the loss gradient at every token's anchor output;
-    with ``save_ln`` also the anchor output's ``u = LN(z) [B, T, H, d]`` and ``rstd
-    [B, T, H]`` (else ``None``), which the backward kernels reuse, and for Moneta's ℓq link
-    every token's norm accumulators ``norms [B, T, H, 4]`` (else ``None``)."""
+    """MLP forward: ``(y, final state, start states, (dZ, u, rstd, reads))``. With
+    ``keep_states`` (gradients needed) every segment's start state is kept for the backward;
+    without, the segments run in windows of :data:`MLP_WINDOW`, so the state memory does not
+    grow with ``T``. ``dZ [B, T, H, d]`` (float32) is the loss gradient at every token's
+    anchor output; with ``save_ln`` (the backward kernels will run) also the anchor output's
+    ``u = LN(z) [B, T, H, d]`` and ``rstd [B, T, H]``, which the backward kernels reuse, and
+    what they read of every token's read: Moneta's norm accumulators ``[B, T, H, 4]``,
+    Memora's ``zq`` and the log-sum-exp of ``W1``'s rows ``[B, T, H, 2, d]`` (else
+    ``None``)."""
     from ._math import q_int
     from .mlp import mlp_output_kernel, mlp_state_kernel
 
@@ -474,8 +477,13 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     u = _empty((L.B, L.T, L.H, d), f32, dev) if save_ln else None
     rstd = _empty((L.B, L.T, L.H), f32, dev) if save_ln else None
     y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
-    norms = _empty((L.B, L.T, L.H, 4), f32, dev) if plan.link == LINK_CODES["lq_simplified"] \
-        else None
+    # what the backward kernels read of every token: Moneta's norm accumulators, Memora's
+    # zq and the log-sum-exp of W1's rows
+    reads = None
+    if save_ln and plan.link == LINK_CODES["lq_simplified"]:
+        reads = _empty((L.B, L.T, L.H, 4), f32, dev)
+    elif save_ln and plan.link == LINK_CODES["kl_row"]:
+        reads = _empty((L.B, L.T, L.H, 2, d), f32, dev)
     delta_arg = eta if delta is None else delta
     cw = delta is not None and delta.ndim == 4
     bd = _pow2(d)
@@ -495,17 +503,17 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             PREC=L.prec_state,
             num_warps=L.num_warps, num_stages=1)
         mlp_output_kernel[(n, L.B * L.H)](
-            q, k, eta, alpha, bounds, s1, s2, dz, y, dz if norms is None else norms,
+            q, k, eta, alpha, bounds, s1, s2, dz, y, dz if reads is None else reads,
             L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
             LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, QI=q_int(plan.q),
-            BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
+            SAVE_READS=reads is not None, BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
             NORM_PREC=L.norm_prec, num_warps=L.num_warps,
             num_stages=1)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]
     final = (s1[:, :, window].clone(), s2[:, :, window].clone())
-    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd, norms)
+    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd, reads)
 
 
 def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
@@ -513,7 +521,9 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     at once (:func:`~miras_gpu.triton.mlp.mlp_backward_reads_kernel`, grid ``NSEG × B·H``),
     then the end-state gradient back through the segments
     (:func:`~miras_gpu.triton.mlp.mlp_backward_state_kernel`, grid ``B·H``). ``anchor`` is
-    the forward's ``(dZ, u, rstd, norms)`` (:func:`_mlp_forward` with ``save_ln``)."""
+    the forward's ``(dZ, u, rstd, reads)`` (:func:`_mlp_forward` with ``save_ln``). Memora's KL
+    link (scalar gates) takes :func:`~miras_gpu.triton.mlp_kl.mlp_backward_kl_reads_kernel`
+    for the reads instead, one program per hidden block of each segment."""
     from ._math import q_int
     from .mlp import (
         mlp_backward_norms_kernel,
@@ -522,7 +532,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     )
 
     q, k, v, eta, alpha, delta, s1, s2 = saved
-    dz, u, rstd, norms = anchor
+    dz, u, rstd, norms = anchor  # norms: Moneta's, or Memora's reads
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
     dev = q.device
@@ -559,13 +569,28 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     moneta = plan.link == LINK_CODES["lq_simplified"]
     qm1 = q_int(plan.q - 1.0)  # sign(Z)|Z|^{q-1} by products where q is an integer
     gs = _empty((B, T, H, 2), f32, dev) if moneta else gq  # ∂L/∂(read scales), Moneta
-    warps = 8 if L.block_c >= 64 else L.num_warps
+    # 8 warps for the KL link at any chunk: with 4 (chunk <= 32), Triton 3.9's LLVM fails an
+    # assertion (SLP vectorizer) compiling the state kernel for float32 at d = 16
+    kl = plan.link == LINK_CODES["kl_row"]
+    warps = 8 if L.block_c >= 64 or kl else L.num_warps
     consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
                   PREC=L.prec, num_warps=warps, num_stages=1)
-    mlp_backward_reads_kernel[(L.n_seg, B * H)](
-        q, k, eta, alpha, L.bounds, s1, s2, dz, gq if norms is None else norms, gy, gq, *reads,
-        gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link, BH=bh_reads,
-        **consts)
+    if plan.link == LINK_CODES["kl_row"]:  # Memora: every token's state, block by block
+        from .mlp_kl import mlp_backward_kl_reads_kernel
+
+        gq32 = gy.to(f32, copy=True)  # ∂L/∂q = gy + the blocks' shares
+        for buf in (gkr, gdzr, getar, glbr):
+            buf.zero_()
+        mlp_backward_kl_reads_kernel[(L.n_seg, B * H, n_blocks)](
+            q, k, eta, alpha, L.bounds, s1, s2, dz, norms, gy, gq32, *reads, T, H, d, hd,
+            L.n_seg, plan.c, float(mem.eps), BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
+            num_warps=8, num_stages=1)
+        gq = gq32.to(q.dtype)
+    else:
+        mlp_backward_reads_kernel[(L.n_seg, B * H)](
+            q, k, eta, alpha, L.bounds, s1, s2, dz, gq if norms is None else norms, gy, gq,
+            *reads, gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link,
+            BH=bh_reads, **consts)
     if moneta:  # the read scales' gradients through every token's state
         mlp_backward_norms_kernel[(L.n_seg, B * H)](
             k, eta, alpha, L.bounds, s1, s2, dz, norms, gs, *reads, T, H, d, hd, L.n_seg,
@@ -575,7 +600,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     mlp_backward_state_kernel[(B * H,)](
         k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,
         g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
-        T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q,
+        T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q, plan.c,
         BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw, BH=bhid,
         **consts)
     last = L.n_seg % 2

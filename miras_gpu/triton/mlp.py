@@ -326,13 +326,19 @@ def _load_token_norms(norms_ptr, tok, mt):
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_output_kernel(
-    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr, norms_ptr,
+    q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr, reads_ptr,
     T, H, D, HD, NSEG,
     LQ, KLC, LN_EPS,
     LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, QI: tl.constexpr,
-    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
-    NORM_PREC: tl.constexpr,
+    SAVE_READS: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
+    PREC: tl.constexpr, NORM_PREC: tl.constexpr,
 ):
+    """The reads of one segment (grid ``NSEG × B·H``; the module docstring has the forms).
+
+    With ``SAVE_READS`` (for the backward kernels) it stores, per token, Moneta's norm
+    accumulators (``reads [B, T, H, 4]``, :func:`_store_token_norms`) or Memora's
+    ``zq_t`` and the log-sum-exp of ``Z1_t``'s rows (``reads [B, T, H, 2, d]``).
+    """
     s = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -388,6 +394,10 @@ def mlp_output_kernel(
                 acc = tl.where(sel, (a_old * keep + tl.sum(pz * ai[None, :], axis=1))[None, :],
                                acc)
         zq = KLC * acc / tl.where(lrun > 0.0, lrun, 1.0)
+        if SAVE_READS:  # for mlp_kl.mlp_backward_kl_reads_kernel
+            ptr = reads_ptr + (tok * 2)[:, None] * D + rd[None, :]
+            tl.store(ptr, zq, mask=ymask)
+            tl.store(ptr + D, mrun + tl.log(lrun), mask=ymask)
     else:
         if not GATE_CW:
             mask = decay_mask(lb, mt, BC) * eta[None, :]
@@ -423,7 +433,8 @@ def mlp_output_kernel(
                     mx1, ac1, mx2, ac2 = _token_norms_block(
                         mx1, ac1, mx2, ac2, s1_ptr, s2_ptr, base, jb, k_ptr, dz_ptr, tok, mt,
                         el, mask, dh, act, D, HD, LQ, QI, BH, NORM_PREC)
-            _store_token_norms(norms_ptr, tok, mt, mx1, ac1, mx2, ac2)
+            if SAVE_READS:
+                _store_token_norms(reads_ptr, tok, mt, mx1, ac1, mx2, ac2)
             sct1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
             sct2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
         # dual-form reads: Z2_t q_t and Z1_t σ(h_t) without forming Z_t
@@ -485,6 +496,26 @@ def _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD, BD: tl.constex
     a1b = scale_rows(z1b, sa1, CW)
     hb = mm(kt, tl.trans(scale_cols(z2b, sa2, CW)), PREC)
     return z2b, z1b, hb, gelu(hb), a1b
+
+
+@triton.jit
+def _anchor_layers(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK: tl.constexpr,
+                   KLC, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+                   CW: tl.constexpr):
+    """Hidden block ``jb`` of the forward at the anchor, for the backward state kernel: the raw
+    state ``Z2b [BH, BD]``, ``Z1b [BD, BH]``, the anchor ``A2b``, ``A1b``, ``H = K A2bᵀ`` and
+    ``Â = σ(H)``. Memora's KL link (``LINK == 3``): ``A = c softmax(Z0)`` by rows (``W1``'s
+    row statistics ``m1, l1 [BD]`` from :func:`_anchor_stats`); else the scaled state of
+    :func:`_anchor_hidden`."""
+    if LINK == 3:
+        z2b, m2, z1b, m1k, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0, 1.0, 1.0,
+                                                 m1, l1, D, HD, 3, 2.0, KLC, BD, BH, PREC, CW)
+        a2b = link(z2b, m2, 3, 2.0, KLC)
+    else:
+        z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD,
+                                                BD, BH, PREC, CW)
+        a2b = scale_cols(z2b, sa2, CW)
+    return z2b, z1b, a2b, a1b, hb, act
 
 
 @triton.jit
@@ -806,7 +837,7 @@ def mlp_backward_state_kernel(
     gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
     T, H, D, HD, NSEG,
-    P, SHARP, EPS, LQ,
+    P, SHARP, EPS, LQ, KLC,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
     GATE_CW: tl.constexpr, QM1: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
     BH: tl.constexpr, PREC: tl.constexpr,
@@ -829,6 +860,11 @@ def mlp_backward_state_kernel(
     ``s = ‖Z0‖_q^{2-q}`` per layer, so the anchor's gradient ``G_A`` adds
     ``s G_A + <G_A, Z0> ∂s/∂Z0`` to the start state's (a third pass over the hidden blocks,
     after ``<G_A, Z0>`` is complete).
+
+    Memora's KL link (``LINK == 3``, scalar gates): the anchor is ``A = c softmax(Z0)`` by
+    rows, so ``G_A`` adds ``A ⊙ G_A - (A / c) ⊙ rowsum(A ⊙ G_A)`` (row softmax's Jacobian);
+    ``W2``'s rows lie in one hidden block, ``W1``'s span them all (their sums complete
+    after B2, a third pass as Moneta's).
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -865,6 +901,10 @@ def mlp_backward_state_kernel(
         else:
             sa1 = s_anchor
             sa2 = s_anchor
+        # Memora: W1's row statistics at the anchor, and rowsum(A1 ⊙ G_A1) over the blocks
+        _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 3 if LINK == 3 else 0,
+                                     LQ, BD, BH)
+        ga_a1 = tl.zeros([BD], dtype=tl.float32)
         # <G_A1, Z1>, <G_A2, Z2>, the anchor scales' gradients (Moneta's per layer; the decayed
         # anchor's their sum), per channel of d; with scalar gates B1's share of the first per
         # token in ga_z1x
@@ -896,9 +936,10 @@ def mlp_backward_state_kernel(
         for jb in range(0, NB):
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D,
-                                                    HD, BD, BH, PREC, GATE_CW)
-            if GATE_CW:
+            z2b, z1b, a2b, a1b, hb, act = _anchor_layers(
+                s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK, KLC, BD, BH, PREC,
+                GATE_CW)
+            if GATE_CW or LINK == 3:
                 dza = mm(dz, a1b, PREC)
             else:  # dZ A1b = sa1 (dZ Z1b); <dZᵀ x, Z1b> = <x, dZ Z1b> below
                 dzz = mm(dz, z1b, PREC)
@@ -941,7 +982,11 @@ def mlp_backward_state_kernel(
                 if DECAYED:
                     ga_z1 += tl.sum(ga1 * z1b, axis=1)
             else:
-                gz1 = elc * g1e + gz1r + sa1 * ga1
+                if LINK == 3:
+                    gz1 = elc * g1e + gz1r + a1b * ga1
+                    ga_a1 += tl.sum(a1b * ga1, axis=1)
+                else:
+                    gz1 = elc * g1e + gz1r + sa1 * ga1
                 gz2 = elc * g2e + gz2r
                 # <G_A1, Z1b> of dZ = LN'ᵀ dY's share, per token (the same sum as <ga1, Z1b>:
                 # summed over the tile, Triton 3.9's LLVM fails an assertion compiling it for
@@ -971,18 +1016,27 @@ def mlp_backward_state_kernel(
         gz = tl.where(ymask, gz, 0.0)
         # ---- B2: z = Â A1ᵀ, Â = σ(H), H = K A2ᵀ
         for jb in range(0, NB):
-            z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D,
-                                                    HD, BD, BH, PREC, GATE_CW)
+            z2b, z1b, a2b, a1b, hb, act = _anchor_layers(
+                s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK, KLC, BD, BH, PREC,
+                GATE_CW)
             gact = tl.load(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH))
             gact += mm(gz, a1b, PREC)
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
-            gk += mm(gh, scale_cols(z2b, sa2, GATE_CW), PREC)
+            gk += mm(gh, a2b, PREC)
             ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
             ga1 = mm(tl.trans(gz), act, PREC)  # [BD, BH]
             g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
             g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)
-            _store_w1(g1_ptr, gout, jb * BH, g1o + scale_rows(ga1, sa1, GATE_CW), D, HD, BD, BH)
-            _store_w2(g2_ptr, gout, jb * BH, g2o + scale_cols(ga2, sa2, GATE_CW), D, HD, BD, BH)
+            if LINK == 3:  # W2's rows: the softmax's Jacobian within the block
+                ga_a1 += tl.sum(a1b * ga1, axis=1)
+                g1o += a1b * ga1
+                aga2 = a2b * ga2
+                g2o += aga2 - a2b * (tl.sum(aga2, axis=1) / KLC)[:, None]
+            else:
+                g1o += scale_rows(ga1, sa1, GATE_CW)
+                g2o += scale_cols(ga2, sa2, GATE_CW)
+            _store_w1(g1_ptr, gout, jb * BH, g1o, D, HD, BD, BH)
+            _store_w2(g2_ptr, gout, jb * BH, g2o, D, HD, BD, BH)
             if LINK == 1 or DECAYED:
                 ga_z1 += tl.sum(ga1 * z1b, axis=1)
                 ga_z2 += tl.sum(ga2 * z2b, axis=0)
@@ -1000,6 +1054,15 @@ def mlp_backward_state_kernel(
                           HD, BD, BH)
                 _store_w2(g2_ptr, gout, jb * BH, g2o + c2 * _norm_dir(z2b, inv2, LQ, QM1), D,
                           HD, BD, BH)
+        if LINK == 3:  # ---- B3: W1's rows, -(A1 / c) ⊙ rowsum(A1 ⊙ G_A1)
+            tl.debug_barrier()  # B2's stores, read below
+            for jb in range(0, NB):
+                z2b, z1b, a2b, a1b, hb, act = _anchor_layers(
+                    s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK, KLC, BD, BH,
+                    PREC, GATE_CW)
+                g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
+                _store_w1(g1_ptr, gout, jb * BH, g1o - a1b * (ga_a1 / KLC)[:, None], D, HD, BD,
+                          BH)
         # ---- add the read parts; the gates
         gk += tl.load(gkr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         if GATE_CW:
