@@ -114,7 +114,8 @@ def _float32_bound(cfg, q, k, v, gates, init, chunk, gold) -> float:
     return max(FP32_TOL, 3 * worst)
 
 
-def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=False):
+def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=False,
+               backward="auto"):
     """One configuration at one dtype (and, optionally, one ``tl.dot`` precision of the triton
     backend; ``cw_gates``: channel-wise η, α): the errors and whether they pass.
 
@@ -143,7 +144,9 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
         redrawn.append(f"seed {seed}: round-off could move results by {probe:.1e}")
     gy, gf, gg = gold
     t0 = time.perf_counter()
-    kw = {} if dot_precision is None else {"dot_precision": dot_precision}
+    kw = {"backward": backward}
+    if dot_precision is not None:
+        kw["dot_precision"] = dot_precision
     tchunked._noted.clear()  # every fallback of this case is noted, not only a first one
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", triton_ops.TritonFallbackWarning)
@@ -173,7 +176,11 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     worst_grad = max(grad_errs.values())
     worst_name = max(grad_errs, key=grad_errs.get)
     plan = triton_ops.plan_for(cfg)
-    backward = "triton" if plan.triton_backward else "torch recompute"
+    scalar_only = plan.link in (tchunked.LINK_CODES["lq_simplified"],
+                                tchunked.LINK_CODES["kl_row"])
+    kernels = (backward != "torch" and plan.triton_backward and not (cw_gates and scalar_only)
+               and (backward == "kernels" or plan.link not in tchunked.SLOWER_KERNEL_BACKWARD))
+    backward = "triton" if kernels else "torch recompute"
     if fallbacks:  # e.g. a kernel that does not fit the device: the row says so
         backward += " (fell back: " + "; ".join(fallbacks) + ")"
     return dict(name=name, dtype=str(dtype).replace("torch.", ""), size=size, d=cfg.memory.d_k,
@@ -254,9 +261,11 @@ def correctness_table(results, title) -> str:
     return "\n".join(lines)
 
 
-def run_correctness(report, device, budget, dry_run=False, cw_gates=False, cases=None):
+def run_correctness(report, device, budget, dry_run=False, cw_gates=False, cases=None,
+                    dot_precision=None, backward="auto"):
     """The plan below, each part while the budget lasts (skipped cases are reported);
-    ``cw_gates``: every case with channel-wise η, α; ``cases``: only these case names."""
+    ``cw_gates``: every case with channel-wise η, α; ``cases``: only these case names;
+    ``dot_precision``, ``backward``: passed to every call."""
     bench = ("deltanet", "gated_deltanet", "yaad", "moneta", "memora")
     rest = ("huber_smooth_cw", "lq_simplified", "kl_all_lag")
     d64 = "D=64, chunk 64, T=150 (partial last chunk)"
@@ -288,7 +297,8 @@ def run_correctness(report, device, budget, dry_run=False, cw_gates=False, cases
                                         error="skipped (time budget)"))
                     continue
                 try:
-                    r = check_case(name, cfg, cw, dtype, size, device, cw_gates=cw_gates)
+                    r = check_case(name, cfg, cw, dtype, size, device, dot_precision,
+                                   cw_gates=cw_gates, backward=backward)
                 except Exception as exc:
                     traceback.print_exc()
                     r = dict(name=name, dtype=str(dtype), d=d, size=size,
@@ -460,6 +470,12 @@ def main(argv=None) -> int:
                    help="η, α of the correctness cases: per token and head, or channel-wise")
     p.add_argument("--cases", default="",
                    help="comma list: run only these correctness cases (default: every case)")
+    p.add_argument("--dot-precision", default=None,
+                   help="'state,others' tl.dot precisions of every call (default: the "
+                        "backend's choice, docs/kernels.md)")
+    p.add_argument("--backward", default="auto", choices=["auto", "kernels", "torch"],
+                   help="the backend's backward argument (kernels: the backward kernels "
+                        "wherever they cover a case, Memora's included)")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny sizes on the CPU under TRITON_INTERPRET=1 (tests this script)")
     args = p.parse_args(argv)
@@ -484,8 +500,9 @@ def main(argv=None) -> int:
     last = "bench" if "bench" not in skip else "stress" if "stress" not in skip else None
     if "correctness" not in skip:
         end = args.budget if last is None else 0.45 * args.budget
+        prec = None if args.dot_precision is None else tuple(args.dot_precision.split(","))
         failed += run_correctness(report, device, end, args.dry_run, args.gates == "channel",
-                                  cases)
+                                  cases, prec, args.backward)
     if "stress" not in skip:
         end = args.budget if last == "stress" else 0.6 * args.budget
         failed += run_stress(report, device, end, args.dry_run)

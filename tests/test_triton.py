@@ -367,7 +367,7 @@ def test_lag_token_gradients_with_one_token_chunks(chunk, t):
     cfg = CASES["memora"][0]
     q, k, v, gates, init = make_inputs(cfg, t=t, h=2, seed=5)
     tol = _torch32_tol(cfg, q, k, v, gates, init, chunk)
-    for backward in ("auto", "torch"):
+    for backward in ("kernels", "torch"):
         assert_within(*run_both(cfg, q, k, v, gates, init, chunk=chunk, backward=backward), tol)
 
 
@@ -376,13 +376,15 @@ def test_backward_kernels_with_lag_token(name, monkeypatch):
     """The backward kernels with the lag token (Eq 30-32: each chunk is a segment of one token
     and the rest): Memora's KL link and, with a lag token added, Yaad's identity link, at
     d = 24 (padded to 32), hidden 96 (a partial block), chunk 12 (last chunk partial),
-    against float64 autograd; the torch recomputation is refused."""
+    against float64 autograd; the torch recomputation is refused (``backward="kernels"``:
+    Memora's default is the recomputation, ``chunked.SLOWER_KERNEL_BACKWARD``)."""
     cfg = zoo.memora(24) if name == "memora" else replace(zoo.yaad(24), lag_token=True)
     assert triton_ops.plan_for(cfg).triton_backward
     monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
     q, k, v, gates, init = make_inputs(cfg, t=29, h=1, seed=19)
     tol = _torch32_tol(cfg, q, k, v, gates, init, 12)
-    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12, block_hidden=32), tol)
+    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12, block_hidden=32,
+                            backward="kernels"), tol)
 
 
 @pytest.mark.parametrize("name", ["moneta", "memora"])

@@ -10,17 +10,21 @@ What runs where (docs/kernels.md has the equations):
                                forward                        backward
 =============================  =============================  ================================
 ℓ2 retention (both anchors),   Triton (state pass + parallel  Triton (a state-gradient pass,
-no lag token, head dims <= 64  dual-form reads)               segments in reverse, and the
-(matrix: DeltaNet, Gated                                      segment-parallel gradients;
-DeltaNet, GLA, ...; MLP: Yaad,                                for the MLP the reads first,
-TTT-MLP); MLP with Moneta's                                   Moneta's norms' gradient next,
-ℓq link and scalar gates                                      then the state gradient)
+head dims <= 64 (matrix:       dual-form reads)               segments in reverse, and the
+DeltaNet, Gated DeltaNet, GLA,                                segment-parallel gradients;
+...; MLP: Yaad, TTT-MLP); MLP                                 for the MLP the reads first,
+with Moneta's ℓq link and                                     Moneta's norms' gradient next,
+scalar gates; with                                            then the state gradient;
+``backward="kernels"`` MLP                                    Memora's reads: every token's
+with Memora's KL link and                                     state in reverse, per hidden
+scalar gates                                                  block, :mod:`.mlp_kl`)
 ℓq / KL links (Memora, Moneta  Triton (state pass + reads;    torch autograd, chunk by chunk,
 with channel-wise gates,       per-token states or norms      from the stored chunk states
-...), a lag token, or head     where the link needs them)     (one CUDA graph on CUDA)
-dims above 64
+...), or head dims above 64    where the link needs them)     (one CUDA graph on CUDA)
 anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
+
+A lag token (Memora's, Eq 30-32) makes each chunk two segments; every row above takes it.
 
 The Triton rows take scalar ``[B, T, H]`` or channel-wise ``[B, T, H, D]`` η, α: with
 channel-wise gates the reads' masks are summed channel by channel (:mod:`.gates`), and the
@@ -125,10 +129,10 @@ class Plan:
     def triton_backward(self) -> bool:
         """The hand-written backward kernels cover this plan (else torch recomputation).
 
-        Identity link (ℓ2 retention) or, for the MLP memory, Moneta's simplified ℓq link; no
-        lag token; head dims up to 64 (at 128 the tiles of the gradient kernels need more
-        shared memory than an H100 has). Moneta's link needs scalar gates as well
-        (:meth:`Launch.kernel_backward`).
+        Identity link (ℓ2 retention) or, for the MLP memory, Moneta's simplified ℓq link or
+        Memora's row-softmax KL link; head dims up to 64 (at 128 the tiles of the gradient
+        kernels need more shared memory than an H100 has). Moneta's and Memora's links need
+        scalar gates as well (:meth:`Launch.kernel_backward`).
         """
         mem = self.config.memory
         dims = (mem.d_k, mem.d_v) if self.kind == "matrix" else (mem.d,)
@@ -245,6 +249,11 @@ def segments(T: int, chunk_size: int, lag_token: bool) -> tuple[list[int], int]:
     return bounds, n_chunks
 
 
+#: links whose backward kernels measured slower than the torch recomputation (H200, the
+#: benchmark's size, docs/kernels.md): ``backward="auto"`` takes the recomputation for them
+SLOWER_KERNEL_BACKWARD = frozenset({LINK_CODES["kl_row"]})
+
+
 @dataclass
 class Launch:
     """Sizes of one call."""
@@ -261,8 +270,8 @@ class Launch:
     prec: str  # and of the other kernels
     num_warps: int
     block_hidden: int = 64
-    #: use the torch recomputation for the gradients even where a backward kernel exists
-    torch_backward: bool = False
+    #: the ``backward`` argument of :func:`scan_chunked`: ``"auto"``, ``"kernels"``, ``"torch"``
+    backward: str = "auto"
     #: channel-wise gates ``[B, T, H, D]`` (every kernel takes them)
     gate_cw: bool = False
 
@@ -277,8 +286,10 @@ class Launch:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
         scalar_only = plan.link in (LINK_CODES["lq_simplified"], LINK_CODES["kl_row"])
-        return (plan.triton_backward and not self.torch_backward
-                and not (scalar_only and self.gate_cw))
+        covered = plan.triton_backward and not (scalar_only and self.gate_cw)
+        if self.backward == "auto":  # where the kernels are the faster way (docs/kernels.md)
+            return covered and plan.link not in SLOWER_KERNEL_BACKWARD
+        return covered and self.backward == "kernels"
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -584,7 +595,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
         mlp_backward_kl_reads_kernel[(L.n_seg, B * H, n_blocks)](
             q, k, eta, alpha, L.bounds, s1, s2, dz, norms, gy, gq32, *reads, T, H, d, hd,
             L.n_seg, plan.c, float(mem.eps), BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
-            num_warps=8, num_stages=1)
+            num_warps=4, num_stages=1)  # H200: 4 warps 82 ms, 8 warps 117 ms (TF32)
         gq = gq32.to(q.dtype)
     else:
         mlp_backward_reads_kernel[(L.n_seg, B * H)](
@@ -824,9 +835,12 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
 
     block_hidden : int, optional
         Hidden-axis block of the MLP kernels (a power of two; default ``min(64, E·d)``).
-    backward : ``"auto"`` or ``"torch"``
-        ``"torch"`` forces the chunk-by-chunk torch recomputation for the gradients even where
-        the hand-written backward kernel exists (to check one against the other).
+    backward : ``"auto"``, ``"kernels"`` or ``"torch"``
+        Where the gradients come from: ``"torch"`` forces the chunk-by-chunk torch
+        recomputation even where hand-written backward kernels exist (to check one against
+        the other); ``"kernels"`` takes the backward kernels wherever they cover the call;
+        ``"auto"`` takes them except where the recomputation measured faster
+        (:data:`SLOWER_KERNEL_BACKWARD`).
     dot_precision : ``None``, one of :data:`DOT_PRECISIONS`, or a pair of them
         Precision of the kernels' matrix products; a pair gives ``(forward state pass, other
         kernels)`` (``None``: :func:`dot_precision` picks by the inputs' dtype and the
@@ -839,8 +853,8 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
     """
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
-    if backward not in ("auto", "torch"):
-        raise ValueError(f"backward must be 'auto' or 'torch', got {backward!r}")
+    if backward not in ("auto", "kernels", "torch"):
+        raise ValueError(f"backward must be 'auto', 'kernels' or 'torch', got {backward!r}")
     if cu_seqlens is not None:
         from ..varlen import split_scan
 
@@ -877,7 +891,7 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         for n in ("eta", "alpha"):
             g[n] = g[n] if g[n].ndim == 4 else g[n].unsqueeze(-1).expand(inp.B, inp.T, inp.H, dk)
     g = {n: a.contiguous() for n, a in g.items()}
-    launch.torch_backward = backward == "torch"
+    launch.backward = backward
     try:
         y, *zt = ChunkedScan.apply(plan, launch, q.contiguous(), k.contiguous(),
                                    v.contiguous(), g["eta"], g["alpha"], g.get("delta"),

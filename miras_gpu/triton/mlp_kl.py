@@ -27,7 +27,8 @@ Each token's state is formed afresh in the dual form, ``Z_t = E_t Z0 - Σ_{i<=t}
 l_i r_iᵀ`` (one tensor-core product per layer), so the reverse walk neither stores states nor
 divides by a gate. The parts over the hidden axis (``dH``, ``Â``, ``∂L/∂Z0``) are the
 block's own; those over ``d`` and the scalars are summed over the blocks by atomic adds into
-zeroed buffers (``gq`` into a float32 buffer that starts as ``gy``).
+zeroed buffers (``gq`` into a float32 buffer that starts as ``gy``), relaxed: nothing in the
+kernel reads them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import triton.language as tl
 
 from ._math import gelu, gelu_grad, link, mm, segment_tiles
 from .gates import gate_tiles
-from .mlp import _anchor_stats, _block, _row, _store_w1, _store_w2
+from .mlp import _anchor_stats, _block, _hidden_tile, _store_w1, _store_w2
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -78,30 +79,41 @@ def mlp_backward_kl_reads_kernel(
     dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=mt[:, None] & cm[None, :],
                  other=0.0)
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
-    # the block at the anchor A = c softmax(Z0) (W1's rows over every block: m1, l1)
+    # the block at the anchor A = c softmax(Z0) (W1's rows over every block: m1, l1); W1's
+    # tiles are held transposed, [BH, BD] as W2's, so that both layers share one layout
     _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 3, 2.0, BD, BH)
-    z2b, m2, z1b, m1k, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0, 1.0, 1.0, m1,
-                                             l1, D, HD, 3, 2.0, KLC, BD, BH, PREC, False)
+    z2b, valid, z1b, _m1k, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0, 1.0, 1.0,
+                                                 m1, l1, D, HD, 3, 2.0, KLC, BD, BH, PREC,
+                                                 False)
+    z1t = tl.trans(z1b)
     dh = mm(dz, a1b, PREC) * gelu_grad(hb)
-    lam1 = tl.zeros([BD, BH], dtype=tl.float32)  # Λ1_{t+1}, Λ2_{t+1}
+    # dH and Â go through the block's columns of gdhr and gactr, so that the walk loads a
+    # token's row; each row is read before the walk writes its gradient over it
+    pdh, hm = _hidden_tile(gdhr_ptr, tok, mt, jb * BH, HD, BH)
+    pact, _hm = _hidden_tile(gactr_ptr, tok, mt, jb * BH, HD, BH)
+    tl.store(pdh, dh, mask=hm)
+    tl.store(pact, act, mask=hm)
+    tl.debug_barrier()
+    lam1 = tl.zeros([BH, BD], dtype=tl.float32)  # Λ1ᵀ_{t+1}, Λ2_{t+1}
     lam2 = tl.zeros([BH, BD], dtype=tl.float32)
     a_next = 1.0  # α_{t+1}
     gla_next = 0.0  # this block's share of ∂L/∂log α_{t+2}
+    lbi = tl.sum(tl.where(rc == n - 1, lb, 0.0), axis=0)  # the cumulative log-decay at i
+    rj = jb * BH + tl.arange(0, BH)
     for r in range(0, n):
         i = n - 1 - r
         ti = (b * T + s0 + i) * H + h
+        lbi = lbi - tl.log(a_next)
         # Eq 29 in the dual form: Z_i = E_i Z0 - Σ_{j<=i} M[i, j] l_j r_jᵀ
-        lbi = tl.sum(tl.where(rc == i, lb, 0.0), axis=0)
         mrow = tl.where(rc <= i, eta * tl.exp(lbi - lb), 0.0)
         eli = tl.exp(lbi)
         z2 = eli * z2b - mm(tl.trans(dh * mrow[:, None]), kt, PREC)  # [BH, BD]
-        z1 = eli * z1b - mm(tl.trans(dz * mrow[:, None]), act, PREC)  # [BD, BH]
+        z1 = eli * z1t - mm(tl.trans(act * mrow[:, None]), dz, PREC)  # Z1ᵀ [BH, BD]
         # ∂L/∂log α_{i+1} = α_{i+1} <Λ_{i+1}, Z_i>, as the cumulative log-decay's gradient
-        gla = a_next * (tl.sum(tl.sum(lam2 * z2, axis=1), axis=0)
-                        + tl.sum(tl.sum(lam1 * z1, axis=1), axis=0))
+        gla = a_next * tl.sum(tl.sum(lam2 * z2 + lam1 * z1, axis=1), axis=0)
         first = rc == 0  # one lane: the add is skipped past the segment's last token
         tl.atomic_add(glbr_ptr + ti + H + rc * 0, gla - gla_next + rc * 0.0,
-                      mask=first & (rc * 0 + r > 0))
+                      mask=first & (rc * 0 + r > 0), sem="relaxed")
         gla_next = gla
         # the read y_i = q_i + LN(zq_i), zq_i = W1_i σ(W2_i q_i): g = ∂L/∂zq_i
         qi = tl.load(q_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
@@ -113,34 +125,34 @@ def mlp_backward_kl_reads_kernel(
         u = zc * rstd
         g = tl.where(cm, rstd * (gyi - tl.sum(gyi, axis=0) / D - u * tl.sum(gyi * u, axis=0) / D),
                      0.0)
-        w2 = link(z2, m2, 3, 2.0, KLC)  # c softmax over each row (within the block)
+        w2 = link(z2, valid, 3, 2.0, KLC)  # c softmax over each row (within the block)
         hh = tl.sum(w2 * qi[None, :], axis=1)  # [BH]
-        w1 = tl.where(m1k, KLC * tl.exp(z1 - lse[:, None]), 0.0)  # rows over every block
-        gh = tl.where(hid, tl.sum(w1 * g[:, None], axis=0) * gelu_grad(hh), 0.0)
-        tl.atomic_add(gq_ptr + ti * D + rd, tl.sum(w2 * gh[:, None], axis=0), mask=cm)
+        w1 = tl.where(valid, KLC * tl.exp(z1 - lse[None, :]), 0.0)  # W1ᵀ: rows over all blocks
+        gh = tl.where(hid, tl.sum(w1 * g[None, :], axis=1) * gelu_grad(hh), 0.0)
+        tl.atomic_add(gq_ptr + ti * D + rd, tl.sum(w2 * gh[:, None], axis=0), mask=cm,
+                      sem="relaxed")
         # Λ_i = R_i + α_{i+1} Λ_{i+1}
-        lam1 = a_next * lam1 + g[:, None] * w1 * (gelu(hh)[None, :] - zqi[:, None] / KLC)
+        lam1 = a_next * lam1 + w1 * g[None, :] * (gelu(hh)[:, None] - zqi[None, :] / KLC)
         lam2 = a_next * lam2 + gh[:, None] * w2 * (qi[None, :] - hh[:, None] / KLC)
         # the rank-1 factors' gradients
         ki = tl.load(k_ptr + ti * D + rd, mask=cm, other=0.0).to(tl.float32)
         dzi = tl.load(dz_ptr + ti * D + rd, mask=cm, other=0.0)
-        dhi = _row(dh, rc, i)
-        acti = _row(act, rc, i)
-        etai = tl.sum(tl.where(rc == i, eta, 0.0), axis=0)
+        dhi = tl.load(gdhr_ptr + ti * HD + rj, mask=hid, other=0.0)
+        acti = tl.load(gactr_ptr + ti * HD + rj, mask=hid, other=0.0)
+        etai = tl.load(eta_ptr + ti)
         r2 = tl.sum(lam2 * ki[None, :], axis=1)  # Λ2 k_i [BH]
-        r1 = tl.sum(lam1 * acti[None, :], axis=1)  # Λ1 â_i [BD]
-        rj = jb * BH + tl.arange(0, BH)
+        r1 = tl.sum(lam1 * acti[:, None], axis=0)  # Λ1 â_i [BD]
         tl.store(gdhr_ptr + ti * HD + rj, -etai * r2, mask=hid)
-        tl.store(gactr_ptr + ti * HD + rj, -etai * tl.sum(lam1 * dzi[:, None], axis=0),
+        tl.store(gactr_ptr + ti * HD + rj, -etai * tl.sum(lam1 * dzi[None, :], axis=1),
                  mask=hid)
         tl.atomic_add(gkr_ptr + ti * D + rd, -etai * tl.sum(lam2 * dhi[:, None], axis=0),
-                      mask=cm)
-        tl.atomic_add(gdzr_ptr + ti * D + rd, -etai * r1, mask=cm)
-        tl.atomic_add(getar_ptr + ti, -(tl.sum(dhi * r2, axis=0) + tl.sum(dzi * r1, axis=0)))
+                      mask=cm, sem="relaxed")
+        tl.atomic_add(gdzr_ptr + ti * D + rd, -etai * r1, mask=cm, sem="relaxed")
+        tl.atomic_add(getar_ptr + ti, -(tl.sum(dhi * r2, axis=0) + tl.sum(dzi * r1, axis=0)),
+                      sem="relaxed")
         a_next = tl.load(alpha_ptr + ti)
     # ∂L/∂log α_0 = α_0 <Λ_0, Z0>; ∂L/∂Z0 = α_0 Λ_0
-    gla = a_next * (tl.sum(tl.sum(lam2 * z2b, axis=1), axis=0)
-                    + tl.sum(tl.sum(lam1 * z1b, axis=1), axis=0))
-    tl.atomic_add(glbr_ptr + (b * T + s0) * H + h, gla - gla_next)
-    _store_w1(gz1r_ptr, rbase, jb * BH, a_next * lam1, D, HD, BD, BH)
+    gla = a_next * tl.sum(tl.sum(lam2 * z2b + lam1 * z1t, axis=1), axis=0)
+    tl.atomic_add(glbr_ptr + (b * T + s0) * H + h, gla - gla_next, sem="relaxed")
+    _store_w1(gz1r_ptr, rbase, jb * BH, tl.trans(a_next * lam1), D, HD, BD, BH)
     _store_w2(gz2r_ptr, rbase, jb * BH, a_next * lam2, D, HD, BD, BH)
