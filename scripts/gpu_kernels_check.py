@@ -176,11 +176,7 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     worst_grad = max(grad_errs.values())
     worst_name = max(grad_errs, key=grad_errs.get)
     plan = triton_ops.plan_for(cfg)
-    scalar_only = plan.link in (tchunked.LINK_CODES["lq_simplified"],
-                                tchunked.LINK_CODES["kl_row"])
-    kernels = (backward != "torch" and plan.triton_backward and not (cw_gates and scalar_only)
-               and (backward == "kernels" or plan.link not in tchunked.SLOWER_KERNEL_BACKWARD))
-    backward = "triton" if kernels else "torch recompute"
+    backward = "triton" if plan.backward_kernels(backward, cw_gates) else "torch recompute"
     if fallbacks:  # e.g. a kernel that does not fit the device: the row says so
         backward += " (fell back: " + "; ".join(fallbacks) + ")"
     return dict(name=name, dtype=str(dtype).replace("torch.", ""), size=size, d=cfg.memory.d_k,

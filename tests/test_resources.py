@@ -95,4 +95,4 @@ def test_every_kernel_case_compiles_for_sm90(tmp_path):
         assert all(0 < r["registers"] <= 255 for r in mine), name
     kernels = {r["kernel"] for r in rows}
     assert {"mlp_backward_norms_kernel", "mlp_backward_state_kernel",
-            "matrix_backward_kernel"} <= kernels
+            "mlp_backward_kl_reads_kernel", "matrix_backward_kernel"} <= kernels

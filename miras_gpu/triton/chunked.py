@@ -108,6 +108,9 @@ def interpreting() -> bool:
 BIAS_CODES = {"dot": 0, "l2": 1, "lp_smooth": 2, "lp_exact": 3, "huber_smooth": 4,
               "huber_exact": 5}
 LINK_CODES = {"identity": 0, "lq_simplified": 1, "lq_exact": 2, "kl_row": 3, "kl_all": 4}
+#: links whose backward kernels measured slower than the torch recomputation (H200, the
+#: benchmark's size, docs/kernels.md): ``backward="auto"`` takes the recomputation for them
+SLOWER_KERNEL_BACKWARD = frozenset({LINK_CODES["kl_row"]})
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,18 @@ class Plan:
         dims = (mem.d_k, mem.d_v) if self.kind == "matrix" else (mem.d,)
         links = (0, 1, 3) if self.kind == "mlp" else (0,)
         return self.link in links and max(dims) <= 64
+
+    def backward_kernels(self, backward: str, gate_cw: bool) -> bool:
+        """Whether a call's gradients come from the backward kernels (else the torch
+        recomputation), for :func:`scan_chunked`'s ``backward`` and channel-wise gates
+        ``gate_cw``: the kernels must cover the plan (:attr:`triton_backward`; Moneta's and
+        Memora's links with scalar gates only); ``"auto"`` also leaves out the links of
+        :data:`SLOWER_KERNEL_BACKWARD`, ``"torch"`` takes none."""
+        scalar_only = self.link in (LINK_CODES["lq_simplified"], LINK_CODES["kl_row"])
+        covered = self.triton_backward and not (scalar_only and gate_cw)
+        if backward == "auto":  # where the kernels are the faster way (docs/kernels.md)
+            return covered and self.link not in SLOWER_KERNEL_BACKWARD
+        return covered and backward == "kernels"
 
 
 def _bias_code(bias) -> tuple[int, dict] | str:
@@ -249,11 +264,6 @@ def segments(T: int, chunk_size: int, lag_token: bool) -> tuple[list[int], int]:
     return bounds, n_chunks
 
 
-#: links whose backward kernels measured slower than the torch recomputation (H200, the
-#: benchmark's size, docs/kernels.md): ``backward="auto"`` takes the recomputation for them
-SLOWER_KERNEL_BACKWARD = frozenset({LINK_CODES["kl_row"]})
-
-
 @dataclass
 class Launch:
     """Sizes of one call."""
@@ -285,11 +295,7 @@ class Launch:
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
         recomputation, :func:`_torch_backward`)."""
-        scalar_only = plan.link in (LINK_CODES["lq_simplified"], LINK_CODES["kl_row"])
-        covered = plan.triton_backward and not (scalar_only and self.gate_cw)
-        if self.backward == "auto":  # where the kernels are the faster way (docs/kernels.md)
-            return covered and plan.link not in SLOWER_KERNEL_BACKWARD
-        return covered and self.backward == "kernels"
+        return plan.backward_kernels(self.backward, self.gate_cw)
 
 
 #: ``tl.dot`` precisions (see :func:`miras_gpu.triton._math.mm`), most exact first
@@ -543,7 +549,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     )
 
     q, k, v, eta, alpha, delta, s1, s2 = saved
-    dz, u, rstd, norms = anchor  # norms: Moneta's, or Memora's reads
+    dz, u, rstd, token_reads = anchor  # Moneta's norms or Memora's zq and lse, else None
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
     dev = q.device
@@ -586,25 +592,25 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     warps = 8 if L.block_c >= 64 or kl else L.num_warps
     consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
                   PREC=L.prec, num_warps=warps, num_stages=1)
-    if plan.link == LINK_CODES["kl_row"]:  # Memora: every token's state, block by block
+    if kl:  # Memora: every token's state, block by block
         from .mlp_kl import mlp_backward_kl_reads_kernel
 
         gq32 = gy.to(f32, copy=True)  # ∂L/∂q = gy + the blocks' shares
         for buf in (gkr, gdzr, getar, glbr):
             buf.zero_()
         mlp_backward_kl_reads_kernel[(L.n_seg, B * H, n_blocks)](
-            q, k, eta, alpha, L.bounds, s1, s2, dz, norms, gy, gq32, *reads, T, H, d, hd,
+            q, k, eta, alpha, L.bounds, s1, s2, dz, token_reads, gy, gq32, *reads, T, H, d, hd,
             L.n_seg, plan.c, float(mem.eps), BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
-            num_warps=4, num_stages=1)  # H200: 4 warps 82 ms, 8 warps 117 ms (TF32)
+            num_warps=4, num_stages=1)  # H200, TF32: 62.7 ms with 4 warps, 101.5 with 8
         gq = gq32.to(q.dtype)
     else:
         mlp_backward_reads_kernel[(L.n_seg, B * H)](
-            q, k, eta, alpha, L.bounds, s1, s2, dz, gq if norms is None else norms, gy, gq,
-            *reads, gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link,
+            q, k, eta, alpha, L.bounds, s1, s2, dz, gq if token_reads is None else token_reads,
+            gy, gq, *reads, gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link,
             BH=bh_reads, **consts)
     if moneta:  # the read scales' gradients through every token's state
         mlp_backward_norms_kernel[(L.n_seg, B * H)](
-            k, eta, alpha, L.bounds, s1, s2, dz, norms, gs, *reads, T, H, d, hd, L.n_seg,
+            k, eta, alpha, L.bounds, s1, s2, dz, token_reads, gs, *reads, T, H, d, hd, L.n_seg,
             plan.q, QM1=qm1, BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
             NORM_PREC=L.norm_prec, num_warps=L.num_warps,
             num_stages=1)
@@ -782,7 +788,7 @@ class ChunkedScan(torch.autograd.Function):
                                                  keep, save_ln=kernels)
             if not keep:
                 states = ()
-            elif kernels:  # the backward kernels reuse dZ, u, rstd (norms); torch does not
+            elif kernels:  # the backward kernels reuse dZ, u, rstd (token reads); torch does not
                 states = (*states, *anchor)
         ctx.plan, ctx.launch = plan, launch
         ctx.set_materialize_grads(False)
@@ -796,8 +802,8 @@ class ChunkedScan(torch.autograd.Function):
         kernels = launch.kernel_backward(plan)
         anchor = None
         if plan.kind == "mlp" and kernels:
-            *saved, dz, u, rstd, norms = saved
-            anchor = (dz, u, rstd, norms)
+            *saved, dz, u, rstd, token_reads = saved
+            anchor = (dz, u, rstd, token_reads)
         out = None
         if kernels:
             try:

@@ -151,6 +151,16 @@ def _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK: tl.constexpr, LQ,
 
 
 @triton.jit
+def _w1_softmax(z1b, m1k, m1, l1, KLC):
+    """Block ``Z1b [BD, BH]`` of ``A1 = c softmax(Z1)`` by rows (over all of ``Ed``), from the
+    rows' maxima and sums of ``exp`` ``m1, l1 [BD]`` (:func:`_anchor_stats`); ``m1k``: the
+    block's valid entries."""
+    m1s = tl.where(m1 == float("-inf"), 0.0, m1)
+    a1b = KLC * tl.exp(tl.where(m1k, z1b, float("-inf")) - m1s[:, None])
+    return tl.where(m1k, a1b / tl.where(l1 > 0.0, l1, 1.0)[:, None], 0.0)
+
+
+@triton.jit
 def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
            LINK: tl.constexpr, LQ, KLC, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
            CW: tl.constexpr):
@@ -166,9 +176,7 @@ def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
         a1b = z1b * sc1
     else:
         a2b = link(z2b, m2, 3, LQ, KLC)
-        m1s = tl.where(m1 == float("-inf"), 0.0, m1)
-        a1b = KLC * tl.exp(tl.where(m1k, z1b, float("-inf")) - m1s[:, None])
-        a1b = tl.where(m1k, a1b / tl.where(l1 > 0.0, l1, 1.0)[:, None], 0.0)
+        a1b = _w1_softmax(z1b, m1k, m1, l1, KLC)
     hb = mm(kt, tl.trans(a2b), PREC)
     act = gelu(hb)
     return z2b, m2, z1b, m1k, hb, act, a1b
@@ -324,6 +332,32 @@ def _load_token_norms(norms_ptr, tok, mt):
     return m1, acc1, m2, acc2
 
 
+@triton.jit
+def _segment(bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC: tl.constexpr, BD: tl.constexpr):
+    """The segment of a program whose grid starts ``NSEG × B·H``: its batch row and head
+    ``b, h``, bounds ``s0, s1``, the tokens' rows ``tok [BC]`` and masks (``mt [BC]``,
+    ``ymask [BC, BD]``), the offsets of its slot in the state slots (``base``) and in the
+    per-segment read parts (``rbase``), its keys ``K`` and the forward's ``dZ`` (``[BC, BD]``
+    each)."""
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rc = tl.arange(0, BC)
+    rd = tl.arange(0, BD)
+    base = (bh * (NSEG + 1) + s) * D * HD
+    rbase = (bh * NSEG + s) * D * HD
+    s0 = tl.load(bounds_ptr + s)
+    s1 = tl.load(bounds_ptr + s + 1)
+    t = s0 + rc
+    mt = t < s1
+    tok = (b * T + t) * H + h
+    ymask = mt[:, None] & (rd < D)[None, :]
+    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
+    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+    return b, h, s0, s1, tok, mt, ymask, base, rbase, kt, dz
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_output_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, y_ptr, reads_ptr,
@@ -339,25 +373,14 @@ def mlp_output_kernel(
     accumulators (``reads [B, T, H, 4]``, :func:`_store_token_norms`) or Memora's
     ``zq_t`` and the log-sum-exp of ``Z1_t``'s rows (``reads [B, T, H, 2, d]``).
     """
-    s = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    b, h, s0, s1, tok, mt, ymask, base, _rbase, kt, dz = _segment(
+        bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     NB = tl.cdiv(HD, BH)
     rc = tl.arange(0, BC)
     rd = tl.arange(0, BD)
     cm = rd < D
-    base = (bh * (NSEG + 1) + s) * D * HD
-    s0 = tl.load(bounds_ptr + s)
-    s1 = tl.load(bounds_ptr + s + 1)
     n = s1 - s0
-    t = s0 + rc
-    mt = t < s1
-    tok = (b * T + t) * H + h
-    ymask = mt[:, None] & cm[None, :]
     qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
     el = tl.exp(lb)
     s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
@@ -567,27 +590,13 @@ def mlp_backward_reads_kernel(
     ``∂L/∂s2_t = <∂L/∂Hq_t, Hq_t>`` go to ``gs [B, T, H, 2]``, for
     :func:`mlp_backward_norms_kernel`.
     """
-    s = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    b, h, s0, s1, tok, mt, ymask, base, rbase, kt, dz = _segment(
+        bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     NB = tl.cdiv(HD, BH)
-    rc = tl.arange(0, BC)
     rd = tl.arange(0, BD)
     cm = rd < D
-    size = D * HD
-    base = (bh * (NSEG + 1) + s) * size
-    rbase = (bh * NSEG + s) * size
-    s0 = tl.load(bounds_ptr + s)
-    s1 = tl.load(bounds_ptr + s + 1)
-    t = s0 + rc
-    mt = t < s1
-    tok = (b * T + t) * H + h
-    ymask = mt[:, None] & cm[None, :]
     qt = segment_tiles(q_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
     gy = segment_tiles(gy_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
     s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
     el = tl.exp(lb)
@@ -761,25 +770,9 @@ def mlp_backward_norms_kernel(
     and ``<∂s/∂Z, Z> = (2-q) s`` (``s`` is homogeneous of degree ``2-q``), so
     ``∂lb_t = Σ_layers (2-q) s_t ∂L/∂s_t - η_t ∂η_t`` needs no sum over the state.
     """
-    s = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    b, h, s0, s1, tok, mt, _ymask, base, rbase, kt, dz = _segment(
+        bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     NB = tl.cdiv(HD, BH)
-    rc = tl.arange(0, BC)
-    rd = tl.arange(0, BD)
-    cm = rd < D
-    size = D * HD
-    base = (bh * (NSEG + 1) + s) * size
-    rbase = (bh * NSEG + s) * size
-    s0 = tl.load(bounds_ptr + s)
-    s1 = tl.load(bounds_ptr + s + 1)
-    t = s0 + rc
-    mt = t < s1
-    tok = (b * T + t) * H + h
-    ymask = mt[:, None] & cm[None, :]
-    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
     el = tl.exp(lb)
     dec = decay_mask(lb, mt, BC)
@@ -902,8 +895,8 @@ def mlp_backward_state_kernel(
             sa1 = s_anchor
             sa2 = s_anchor
         # Memora: W1's row statistics at the anchor, and rowsum(A1 ⊙ G_A1) over the blocks
-        _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 3 if LINK == 3 else 0,
-                                     LQ, BD, BH)
+        _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB,
+                                           3 if LINK == 3 else 0, LQ, BD, BH)
         ga_a1 = tl.zeros([BD], dtype=tl.float32)
         # <G_A1, Z1>, <G_A2, Z2>, the anchor scales' gradients (Moneta's per layer; the decayed
         # anchor's their sum), per channel of d; with scalar gates B1's share of the first per
@@ -1057,9 +1050,8 @@ def mlp_backward_state_kernel(
         if LINK == 3:  # ---- B3: W1's rows, -(A1 / c) ⊙ rowsum(A1 ⊙ G_A1)
             tl.debug_barrier()  # B2's stores, read below
             for jb in range(0, NB):
-                z2b, z1b, a2b, a1b, hb, act = _anchor_layers(
-                    s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK, KLC, BD, BH,
-                    PREC, GATE_CW)
+                z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+                a1b = _w1_softmax(z1b, m1k, m1, l1, KLC)
                 g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
                 _store_w1(g1_ptr, gout, jb * BH, g1o - a1b * (ga_a1 / KLC)[:, None], D, HD, BD,
                           BH)

@@ -36,9 +36,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._math import gelu, gelu_grad, link, mm, segment_tiles
+from ._math import gelu, gelu_grad, link, mm
 from .gates import gate_tiles
-from .mlp import _anchor_stats, _block, _hidden_tile, _store_w1, _store_w2
+from .mlp import _anchor_stats, _block, _hidden_tile, _segment, _store_w1, _store_w2
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -57,27 +57,15 @@ def mlp_backward_kl_reads_kernel(
     slot) and adds its shares to ``gq`` (float32, holding ``gy`` on entry), ``gkr``,
     ``gdzr`` (``[B, T, H, d]``), ``getar`` and ``glbr`` (``[B, T, H]``), zeroed on entry.
     """
-    s = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
+    b, h, s0, s1, tok, mt, _ymask, base, rbase, kt, dz = _segment(
+        bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     jb = tl.program_id(2)
-    b = bh // H
-    h = bh % H
     NB = tl.cdiv(HD, BH)
     rc = tl.arange(0, BC)
     rd = tl.arange(0, BD)
     cm = rd < D
     hid = (jb * BH + tl.arange(0, BH)) < HD
-    base = (bh * (NSEG + 1) + s) * D * HD
-    rbase = (bh * NSEG + s) * D * HD
-    s0 = tl.load(bounds_ptr + s)
-    s1 = tl.load(bounds_ptr + s + 1)
     n = s1 - s0
-    t = s0 + rc
-    mt = t < s1
-    tok = (b * T + t) * H + h
-    kt = segment_tiles(k_ptr, b, h, s0, s1, T, H, D, BC, BD)
-    dz = tl.load(dz_ptr + tok[:, None] * D + rd[None, :], mask=mt[:, None] & cm[None, :],
-                 other=0.0)
     eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, False)
     # the block at the anchor A = c softmax(Z0) (W1's rows over every block: m1, l1); W1's
     # tiles are held transposed, [BH, BD] as W2's, so that both layers share one layout

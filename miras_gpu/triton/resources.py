@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import inspect
 import io
 import itertools
@@ -94,7 +95,7 @@ def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int
                            "TRITON_INTERPRET=1 before importing miras_gpu.triton")
     from .. import torch as torch_ops
     from ..torch import chunked as torch_chunked
-    from . import scan_chunked
+    from . import plan_for, scan_chunked
     from .cases import kernel_cases, kernel_inputs
 
     out = []
@@ -106,6 +107,12 @@ def record(models=MODELS, dims=(64,), dtypes=("float32", "bfloat16"), chunk: int
         leaves = [x.to(dt).requires_grad_(True) for x in (q, k, v)]
         gl = {n: g.float().requires_grad_(True) for n, g in gate_values.items()}
         ops = [("triton", scan_chunked)]
+        plan = plan_for(cfg)
+        cw = form == "channel"
+        if plan.backward_kernels("kernels", cw) and not plan.backward_kernels("auto", cw):
+            # backward kernels that the default leaves out (Memora's): asked for by name
+            ops.append(("triton, backward kernels",
+                        functools.partial(scan_chunked, backward="kernels")))
         if name == "moneta" and form == "scalar":
             ops.append(("torch, fused norms", torch_ops.scan_chunked))
         model = name if form == "scalar" else f"{name} (channel-wise η, α)"
