@@ -4,7 +4,8 @@ In one process on one device, at the reference configuration of docs/kernels.md 
 H=16, D=64, MLP expansion 4, chunk 64, bf16 inputs, float32 memory state), forward and
 forward+backward of ``miras_gpu.scan_chunked(..., backend="triton")`` and ``backend="torch"``
 for matrix memories (DeltaNet, Gated DeltaNet in their chunked MIRAS form) and MLP memories
-(Yaad, Moneta, Memora), and, when they are installed, titans-pytorch's
+(Yaad, Moneta, Memora; Moneta and Memora also in Sec 5.4's chunk form, ``link_at="chunk"``,
+as ``moneta_chunk``, ``memora_chunk``), and, when they are installed, titans-pytorch's
 ``NeuralMemory(dim=1024, heads=16, dim_head=64, chunk_size=64, momentum=False)`` (MLP memory)
 and flash-linear-attention's ``chunk_delta_rule`` (matrix memory, exact delta rule). Prints
 tokens/s, peak memory, speed ratios and achieved TFLOP/s (model FLOPs, counted in
@@ -44,7 +45,9 @@ from _common import is_oom, make_inputs, time_fn, timed, titans_passes  # noqa: 
 from miras_ref import zoo  # noqa: E402
 
 MATRIX_MODELS = ("deltanet", "gated_deltanet")
-MLP_MODELS = ("yaad", "moneta", "memora")
+#: ``<model>_chunk``: the model in Sec 5.4's chunk form (``link_at="chunk"``)
+MLP_MODELS = ("yaad", "moneta", "memora", "moneta_chunk", "memora_chunk")
+CHUNK_FORM = "_chunk"
 FULL = dict(B=4, T=4096, H=16, D=64, expansion=4, chunk=64)
 SMALL = dict(B=1, T=40, H=2, D=16, expansion=2, chunk=16)
 SWEEP_T = (1024, 4096, 16384, 65536, 262144, 1048576)
@@ -110,6 +113,9 @@ def pass_flops(kind, size, mode) -> float:
 
 
 def config_for(model, size):
+    if model.endswith(CHUNK_FORM):  # the link at chunk starts only
+        return zoo.get(model.removesuffix(CHUNK_FORM), size["D"], expansion=size["expansion"],
+                       link_at="chunk")
     if model in MLP_MODELS:
         return zoo.get(model, size["D"], expansion=size["expansion"])
     return zoo.get(model, size["D"])

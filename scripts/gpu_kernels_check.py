@@ -262,7 +262,8 @@ def run_correctness(report, device, budget, dry_run=False, cw_gates=False, cases
     """The plan below, each part while the budget lasts (skipped cases are reported);
     ``cw_gates``: every case with channel-wise η, α; ``cases``: only these case names;
     ``dot_precision``, ``backward``: passed to every call."""
-    bench = ("deltanet", "gated_deltanet", "yaad", "moneta", "memora")
+    bench = ("deltanet", "gated_deltanet", "yaad", "moneta", "memora", "moneta_chunk",
+             "memora_chunk")
     rest = ("huber_smooth_cw", "lq_simplified", "kl_all_lag")
     d64 = "D=64, chunk 64, T=150 (partial last chunk)"
     d128 = "D=128, chunk 64, T=100"

@@ -195,7 +195,8 @@ def _torch32_tol(cfg, q, k, v, gates, init, chunk=CHUNK) -> float:
 #: gates): matrix dual-form reads with both anchors, per-token reads (softmax over the matrix,
 #: lag token), the MLP dual form with both anchors, Moneta's norms, Memora's per-token states
 CW_GATE_CASES = ("gated_deltanet", "lp_exact", "lp_smooth_decayed", "huber_smooth_cw",
-                 "kl_all_lag", "yaad", "mlp_lp_decayed", "moneta", "memora")
+                 "kl_all_lag", "yaad", "mlp_lp_decayed", "moneta", "memora", "moneta_chunk",
+                 "memora_chunk")
 
 
 def _refuse_torch_backward(*args, **kwargs):
@@ -208,9 +209,10 @@ def test_channel_wise_gates(name, monkeypatch):
     match the torch backend in float64 and ``miras_ref`` (output, final state, every
     gradient). The gradients of identity-link memories come from the backward kernels (the
     torch recomputation is refused), the others (and Moneta's and Memora's, whose kernels
-    take scalar gates only) from the torch recomputation."""
+    take scalar gates only) from the torch recomputation. In Sec 5.4's chunk form the reads
+    take the stored anchors with channel-wise gates too."""
     cfg, cw, which = CASES[name]
-    if which == "triton" and name not in ("moneta", "memora"):
+    if triton_ops.plan_for(cfg).backward_kernels("auto", gate_cw=True):
         monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
     heads = 2 if isinstance(cfg.memory, MatrixMemory) else 1
     for seed in range(21, 21 + MAX_DRAWS):
@@ -328,10 +330,12 @@ def test_state_continues_a_sequence(name):
         assert err(f2[n], wf[n]) <= TOL
 
 
-def test_mlp_inference_runs_in_windows(monkeypatch):
+@pytest.mark.parametrize("name", ["yaad", "memora_chunk"])
+def test_mlp_inference_runs_in_windows(monkeypatch, name):
     """Without gradients the MLP forward keeps only a window of segment states; with windows
-    of 2 segments (a short last window) it equals the one-window result."""
-    cfg = zoo.yaad(D)
+    of 2 segments (a short last window) it equals the one-window result (in Sec 5.4's chunk
+    form with a lag token, the lag tokens stay the even segments of every window)."""
+    cfg = CASES[name][0]
     q, k, v, gates, init = make_inputs(cfg, h=1, seed=17)
     args = (cfg, q.float(), k.float(), v.float(), {n: a.float() for n, a in gates.items()},
             CHUNK, {n: a.float() for n, a in init.items()}, True)
@@ -358,33 +362,47 @@ def test_cu_seqlens_matches_torch_backend():
 
 
 @pytest.mark.parametrize("chunk,t", [(1, 6), (4, 9)])
-def test_lag_token_gradients_with_one_token_chunks(chunk, t):
+@pytest.mark.parametrize("name", ["memora", "memora_chunk"])
+def test_lag_token_gradients_with_one_token_chunks(chunk, t, name):
     """Memora's gradients when chunks of one token are the lag token alone, one segment
     instead of two: every chunk (chunk size 1, as ``scan`` runs) or the last one (T = 9,
     chunk 4), against the torch backend in float64, within the bound of the torch backend's
     own float32 path (:func:`_torch32_tol`); by the backward kernels and by the torch
-    recomputation from the stored chunk starts."""
-    cfg = CASES["memora"][0]
+    recomputation from the stored chunk starts. In Sec 5.4's chunk form (``memora_chunk``)
+    the lag tokens read their own ``ψ(Z_t)``, the rest the stored anchors."""
+    cfg = CASES[name][0]
     q, k, v, gates, init = make_inputs(cfg, t=t, h=2, seed=5)
     tol = _torch32_tol(cfg, q, k, v, gates, init, chunk)
     for backward in ("kernels", "torch"):
         assert_within(*run_both(cfg, q, k, v, gates, init, chunk=chunk, backward=backward), tol)
 
 
-@pytest.mark.parametrize("name", ["memora", "yaad_lag"])
-def test_backward_kernels_with_lag_token(name, monkeypatch):
-    """The backward kernels with the lag token (Eq 30-32: each chunk is a segment of one token
-    and the rest): Memora's KL link and, with a lag token added, Yaad's identity link, at
-    d = 24 (padded to 32), hidden 96 (a partial block), chunk 12 (last chunk partial),
-    against float64 autograd; the torch recomputation is refused (``backward="kernels"``:
-    Memora's default is the recomputation, ``chunked.SLOWER_KERNEL_BACKWARD``)."""
-    cfg = zoo.memora(24) if name == "memora" else replace(zoo.yaad(24), lag_token=True)
+ODD_SIZE_CASES = {
+    "memora": zoo.memora(24),
+    "yaad_lag": replace(zoo.yaad(24), lag_token=True),
+    "memora_chunk": zoo.memora(24, link_at="chunk"),
+    "moneta_chunk": zoo.moneta(24, link_at="chunk"),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_SIZE_CASES))
+def test_backward_kernels_at_odd_sizes(name, monkeypatch):
+    """The backward kernels at d = 24 (padded to 32), hidden 96 (a partial block), chunk 12
+    (last chunk partial), against float64 autograd, with the torch recomputation refused
+    (``backward="kernels"``: Memora's default is the recomputation,
+    ``chunked.SLOWER_KERNEL_BACKWARD``) and no fallback: with the lag token (Eq 30-32, each
+    chunk a segment of one token and the rest) for Memora's KL link and Yaad's identity link;
+    and Sec 5.4's chunk form (``link_at="chunk"``), where the reads take the stored anchors
+    ``ψ(Z0)`` and, with Memora's lag token, the lag tokens read their own ``ψ(Z_t)``."""
+    cfg = ODD_SIZE_CASES[name]
     assert triton_ops.plan_for(cfg).triton_backward
     monkeypatch.setattr(tchunked, "_torch_backward", _refuse_torch_backward)
     q, k, v, gates, init = make_inputs(cfg, t=29, h=1, seed=19)
     tol = _torch32_tol(cfg, q, k, v, gates, init, 12)
-    assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12, block_hidden=32,
-                            backward="kernels"), tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", triton_ops.TritonFallbackWarning)
+        assert_within(*run_both(cfg, q, k, v, gates, init, chunk=12, block_hidden=32,
+                                backward="kernels"), tol)
 
 
 @pytest.mark.parametrize("name", ["moneta", "memora"])

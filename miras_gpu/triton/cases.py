@@ -46,6 +46,9 @@ def kernel_cases(d: int) -> dict[str, tuple[MirasConfig, bool]]:
                            False),
         "moneta": (zoo.moneta(d), False),
         "memora": (zoo.memora(d), False),
+        # Sec 5.4's chunk form: the link at chunk starts only (with Memora's lag token)
+        "moneta_chunk": (zoo.moneta(d, link_at="chunk"), False),
+        "memora_chunk": (zoo.memora(d, link_at="chunk"), False),
     }
 
 

@@ -25,6 +25,10 @@ anything else                  torch backend (one-time note)  torch backend
 =============================  =============================  ================================
 
 A lag token (Memora's, Eq 30-32) makes each chunk two segments; every row above takes it.
+Sec 5.4's chunk form (``link_at="chunk"``) of an MLP memory with Moneta's or Memora's link
+reads the anchor ``ψ(Z0)`` after plain steps: the state pass stores the anchors and the
+identity link's read kernels run on them (:attr:`Plan.reads_at_anchor`); its backward is
+that of the link's row above, the reads' share of the anchor going through the link.
 
 The Triton rows take scalar ``[B, T, H]`` or channel-wise ``[B, T, H, D]`` η, α: with
 channel-wise gates the reads' masks are summed channel by channel (:mod:`.gates`), and the
@@ -44,7 +48,7 @@ final state is float32 (as the torch backend); matrix
 products run in float32 or, for 16-bit inputs where that is safe, TF32 (:func:`dot_precision`).
 
 Everything else (element-wise ``alpha``, other biases and gates,
-``link_at="chunk"`` with a non-identity link,
+``link_at="chunk"`` with a non-identity link on a matrix memory,
 momentum and the other algorithms, float64 inputs, CPU tensors without the interpreter, head
 dims above 128) runs on :mod:`miras_gpu.torch`, with a :class:`TritonFallbackWarning` issued
 once per reason.
@@ -127,6 +131,13 @@ class Plan:
     eps: float = 1e-6
     q: float = 2.0
     c: float = 1.0
+
+    @property
+    def reads_at_anchor(self) -> bool:
+        """Sec 5.4's chunk form (``link_at="chunk"``) with a non-identity link: the queries
+        read the anchor ``ψ(Z0)`` after plain steps, by the identity link's read kernels on
+        the stored anchors (a lag token still reads its own ``ψ(Z_t)``)."""
+        return self.config.link_at == "chunk" and self.link != LINK_CODES["identity"]
 
     @property
     def triton_backward(self) -> bool:
@@ -213,8 +224,8 @@ def plan_for(config) -> Plan | str:
     lk = _link_code(config.retention, kind)
     if isinstance(lk, str):
         return lk
-    if config.link_at == "chunk" and lk[0] != LINK_CODES["identity"]:
-        return "link_at='chunk' with a non-identity link has no Triton kernel"
+    if config.link_at == "chunk" and lk[0] != LINK_CODES["identity"] and kind == "matrix":
+        return "link_at='chunk' with a non-identity link on a matrix memory has no Triton kernel"
     decayed = bool(getattr(config.retention, "decayed_anchor", False))
     return Plan(config, kind, b[0], lk[0], decayed, **b[1], **lk[1])
 
@@ -291,6 +302,11 @@ class Launch:
         norms (forward) and their gradients (backward): TF32, or ``ieee`` where the other
         kernels run in full float32."""
         return "ieee" if self.prec == "ieee" else "tf32"
+
+    def anchor_reads(self, plan: Plan) -> bool:
+        """Some segments read the stored anchors (:attr:`Plan.reads_at_anchor`): not with a lag
+        token at chunk size 1, where every segment is a lag token."""
+        return plan.reads_at_anchor and not (plan.config.lag_token and self.chunk_size == 1)
 
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
@@ -462,13 +478,14 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
     return gq, gk, gv, geta, galpha, gdelta, (gz0,)
 
 
-#: without gradients, the MLP forward keeps at most this many segment states at a time
+#: without gradients, the MLP forward keeps at most this many segment states at a time (even:
+#: with a lag token, the lag tokens are the even segments of every window, ``mlp._skips``)
 MLP_WINDOW = 256
 
 
 def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True,
                  save_ln=False):
-    """MLP forward: ``(y, final state, start states, (dZ, u, rstd, reads))``. With
+    """MLP forward: ``(y, final state, start states, (dZ, u, rstd, reads, A1, A2))``. With
     ``keep_states`` (gradients needed) every segment's start state is kept for the backward;
     without, the segments run in windows of :data:`MLP_WINDOW`, so the state memory does not
     grow with ``T``. ``dZ [B, T, H, d]`` (float32) is the loss gradient at every token's
@@ -476,7 +493,9 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     ``u = LN(z) [B, T, H, d]`` and ``rstd [B, T, H]``, which the backward kernels reuse, and
     what they read of every token's read: Moneta's norm accumulators ``[B, T, H, 4]``,
     Memora's ``zq`` and the log-sum-exp of ``W1``'s rows ``[B, T, H, 2, d]`` (else
-    ``None``)."""
+    ``None``). ``A1, A2``: with :attr:`Plan.reads_at_anchor`, every segment's anchor
+    ``ψ(Z0)`` in the layout of the start states, which the reads take as their start state
+    (else ``None``); a lag token reads its own ``ψ(Z_t)``."""
     from ._math import q_int
     from .mlp import mlp_output_kernel, mlp_state_kernel
 
@@ -496,11 +515,16 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
     # what the backward kernels read of every token: Moneta's norm accumulators, Memora's
     # zq and the log-sum-exp of W1's rows
+    anchors = L.anchor_reads(plan)
+    lag = plan.config.lag_token
+    token_link = not anchors or lag  # some segments read their own ψ(Z_t)
     reads = None
-    if save_ln and plan.link == LINK_CODES["lq_simplified"]:
+    if save_ln and token_link and plan.link == LINK_CODES["lq_simplified"]:
         reads = _empty((L.B, L.T, L.H, 4), f32, dev)
-    elif save_ln and plan.link == LINK_CODES["kl_row"]:
+    elif save_ln and token_link and plan.link == LINK_CODES["kl_row"]:
         reads = _empty((L.B, L.T, L.H, 2, d), f32, dev)
+    a1 = _empty(s1.shape, f32, dev) if anchors else None
+    a2 = _empty(s2.shape, f32, dev) if anchors else None
     delta_arg = eta if delta is None else delta
     cw = delta is not None and delta.ndim == 4
     bd = _pow2(d)
@@ -513,24 +537,31 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             s2[:, :, 0] = s2[:, :, window]
         mlp_state_kernel[(L.B * L.H,)](
             k, v, eta, alpha, delta_arg, bounds, s1, s2, dz, dz if u is None else u,
-            dz if rstd is None else rstd,
+            dz if rstd is None else rstd, dz if a1 is None else a1, dz if a2 is None else a2,
             L.T, L.H, d, hd, n, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
             BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
-            GATE_CW=L.gate_cw, SAVE_LN=save_ln, BC=L.block_c, BD=bd, BH=L.block_hidden,
-            PREC=L.prec_state,
+            GATE_CW=L.gate_cw, SAVE_LN=save_ln, SAVE_ANCHOR=anchors, BC=L.block_c, BD=bd,
+            BH=L.block_hidden, PREC=L.prec_state,
             num_warps=L.num_warps, num_stages=1)
-        mlp_output_kernel[(n, L.B * L.H)](
-            q, k, eta, alpha, bounds, s1, s2, dz, y, dz if reads is None else reads,
-            L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps),
-            LINK=plan.link, DECAYED=plan.decayed, GATE_CW=L.gate_cw, QI=q_int(plan.q),
-            SAVE_READS=reads is not None, BC=L.block_c, BD=bd, BH=L.block_hidden, PREC=L.prec,
-            NORM_PREC=L.norm_prec, num_warps=L.num_warps,
-            num_stages=1)
+        out = dict(GATE_CW=L.gate_cw, QI=q_int(plan.q), BC=L.block_c, BD=bd,
+                   BH=L.block_hidden, PREC=L.prec, NORM_PREC=L.norm_prec,
+                   num_warps=L.num_warps, num_stages=1)
+        if anchors:  # the anchors after plain steps: the identity link's reads
+            mlp_output_kernel[(n, L.B * L.H)](
+                q, k, eta, alpha, bounds, a1, a2, dz, y, dz, L.T, L.H, d, hd, n, plan.q,
+                plan.c, float(mem.eps), LINK=LINK_CODES["identity"], DECAYED=False,
+                SAVE_READS=False, SEGMENTS=2 if lag else 0, **out)
+        if token_link:  # every token's own ψ(Z_t) (with anchors: the lag tokens')
+            mlp_output_kernel[(n, L.B * L.H)](
+                q, k, eta, alpha, bounds, s1, s2, dz, y, dz if reads is None else reads,
+                L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps), LINK=plan.link,
+                DECAYED=plan.decayed, SAVE_READS=reads is not None,
+                SEGMENTS=1 if anchors else 0, **out)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]
     final = (s1[:, :, window].clone(), s2[:, :, window].clone())
-    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd, reads)
+    return y, final, (s1[:, :, :-1], s2[:, :, :-1]), (dz, u, rstd, reads, a1, a2)
 
 
 def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
@@ -549,7 +580,9 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     )
 
     q, k, v, eta, alpha, delta, s1, s2 = saved
-    dz, u, rstd, token_reads = anchor  # Moneta's norms or Memora's zq and lse, else None
+    # token_reads: Moneta's norms or Memora's zq and lse; a1, a2: the anchors the reads take
+    # (link_at="chunk"); else None
+    dz, u, rstd, token_reads, a1, a2 = anchor
     mem = plan.config.memory
     d, hd = mem.d, mem.hidden
     dev = q.device
@@ -583,7 +616,11 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
-    moneta = plan.link == LINK_CODES["lq_simplified"]
+    anchors = L.anchor_reads(plan)
+    lag = plan.config.lag_token
+    # SEGMENTS (mlp._skips) of the kernels of the reads of ψ(Z_t): all, or the lag tokens
+    own = 1 if anchors and lag else 0
+    moneta = plan.link == LINK_CODES["lq_simplified"] and (not anchors or lag)
     qm1 = q_int(plan.q - 1.0)  # sign(Z)|Z|^{q-1} by products where q is an integer
     gs = _empty((B, T, H, 2), f32, dev) if moneta else gq  # ∂L/∂(read scales), Moneta
     # 8 warps for the KL link at any chunk: with 4 (chunk <= 32), Triton 3.9's LLVM fails an
@@ -592,7 +629,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     warps = 8 if L.block_c >= 64 or kl else L.num_warps
     consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
                   PREC=L.prec, num_warps=warps, num_stages=1)
-    if kl:  # Memora: every token's state, block by block
+    if kl and (not anchors or lag):  # Memora: every token's state, block by block
         from .mlp_kl import mlp_backward_kl_reads_kernel
 
         gq32 = gy.to(f32, copy=True)  # ∂L/∂q = gy + the blocks' shares
@@ -600,26 +637,33 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
             buf.zero_()
         mlp_backward_kl_reads_kernel[(L.n_seg, B * H, n_blocks)](
             q, k, eta, alpha, L.bounds, s1, s2, dz, token_reads, gy, gq32, *reads, T, H, d, hd,
-            L.n_seg, plan.c, float(mem.eps), BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
+            L.n_seg, plan.c, float(mem.eps), SEGMENTS=own, BC=L.block_c, BD=_pow2(d),
+            BH=bhid, PREC=L.prec,
             num_warps=4, num_stages=1)  # H200, TF32: 62.7 ms with 4 warps, 101.5 with 8
-        gq = gq32.to(q.dtype)
-    else:
+        gq = gq32  # the anchors' reads below store their tokens' rows into it
+    elif not anchors:
         mlp_backward_reads_kernel[(L.n_seg, B * H)](
             q, k, eta, alpha, L.bounds, s1, s2, dz, gq if token_reads is None else token_reads,
             gy, gq, *reads, gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link,
-            BH=bh_reads, **consts)
+            SEGMENTS=0, BH=bh_reads, **consts)
+    if anchors:  # the anchors after plain steps: the identity link's reads
+        mlp_backward_reads_kernel[(L.n_seg, B * H)](
+            q, k, eta, alpha, L.bounds, a1, a2, dz, gq, gy, gq, *reads, gq, T, H, d, hd,
+            L.n_seg, plan.q, float(mem.eps), LINK=LINK_CODES["identity"],
+            SEGMENTS=2 if lag else 0, BH=bh_reads, **{**consts, "DECAYED": False})
     if moneta:  # the read scales' gradients through every token's state
         mlp_backward_norms_kernel[(L.n_seg, B * H)](
             k, eta, alpha, L.bounds, s1, s2, dz, token_reads, gs, *reads, T, H, d, hd, L.n_seg,
-            plan.q, QM1=qm1, BC=L.block_c, BD=_pow2(d), BH=bhid, PREC=L.prec,
-            NORM_PREC=L.norm_prec, num_warps=L.num_warps,
+            plan.q, QM1=qm1, SEGMENTS=own, BC=L.block_c, BD=_pow2(d), BH=bhid,
+            PREC=L.prec, NORM_PREC=L.norm_prec, num_warps=L.num_warps,
             num_stages=1)
     mlp_backward_state_kernel[(B * H,)](
         k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,
         g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
         T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q, plan.c,
-        BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw, BH=bhid,
-        **consts)
+        BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw,
+        READS=(2 if lag else 1) if anchors else 0, BH=bhid, **consts)
+    gq = gq.to(q.dtype)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])
 
@@ -788,7 +832,7 @@ class ChunkedScan(torch.autograd.Function):
                                                  keep, save_ln=kernels)
             if not keep:
                 states = ()
-            elif kernels:  # the backward kernels reuse dZ, u, rstd (token reads); torch does not
+            elif kernels:  # the backward kernels reuse dZ, u, rstd, ...; torch does not
                 states = (*states, *anchor)
         ctx.plan, ctx.launch = plan, launch
         ctx.set_materialize_grads(False)
@@ -802,8 +846,8 @@ class ChunkedScan(torch.autograd.Function):
         kernels = launch.kernel_backward(plan)
         anchor = None
         if plan.kind == "mlp" and kernels:
-            *saved, dz, u, rstd, token_reads = saved
-            anchor = (dz, u, rstd, token_reads)
+            *saved, dz, u, rstd, token_reads, a1, a2 = saved
+            anchor = (dz, u, rstd, token_reads, a1, a2)
         out = None
         if kernels:
             try:

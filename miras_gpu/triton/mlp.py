@@ -25,6 +25,12 @@ Per segment, with the anchor ``A = ψ(Z0)`` (Eq 28) and the decay/mask of
   KL link (Memora, softmax over each row): the per-token states are formed by that
   recurrence, ``W2_t`` rows are softmaxed inside a block, ``W1_t`` rows (over ``Ed``) by an
   online softmax across blocks.
+
+Sec 5.4's chunk form (``link_at="chunk"``) reads the anchor after plain steps,
+``W_t = E_t A - Σ_i M[t,i] l_i r_iᵀ``: the state kernel also stores every segment's anchor
+``A = ψ(Z0)`` (``SAVE_ANCHOR``) into slots of their own, and the identity link's reads run on
+them. A lag token still reads its own ``ψ(Z_t)``: the segment-parallel kernels take
+``SEGMENTS`` (:func:`_skips`) so that one launch does the lag tokens and another the rest.
 """
 
 from __future__ import annotations
@@ -165,7 +171,7 @@ def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
            LINK: tl.constexpr, LQ, KLC, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
            CW: tl.constexpr):
     """One hidden block at the anchor: ``Z2b, Z1b`` (raw state), ``H = K A2bᵀ``, ``σ(H)``,
-    ``A1b`` and the masks. ``s_anchor``: :func:`~miras_gpu.triton.gates.anchor_scale`."""
+    ``A1b``, ``A2b`` and the masks. ``s_anchor``: :func:`~miras_gpu.triton.gates.anchor_scale`."""
     z2b, m2 = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
     z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
     if LINK == 0:
@@ -179,7 +185,7 @@ def _block(s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD,
         a1b = _w1_softmax(z1b, m1k, m1, l1, KLC)
     hb = mm(kt, tl.trans(a2b), PREC)
     act = gelu(hb)
-    return z2b, m2, z1b, m1k, hb, act, a1b
+    return z2b, m2, z1b, m1k, hb, act, a1b, a2b
 
 
 @triton.jit
@@ -194,12 +200,16 @@ def _layer_norm(z, cm, D, LN_EPS):
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_state_kernel(
     k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, u_ptr,
-    rstd_ptr, T, H, D, HD, NSEG,
+    rstd_ptr, a1_ptr, a2_ptr, T, H, D, HD, NSEG,
     P, SHARP, EPS, LQ, KLC, LN_EPS,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-    GATE_CW: tl.constexpr, SAVE_LN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
-    BH: tl.constexpr, PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, SAVE_LN: tl.constexpr, SAVE_ANCHOR: tl.constexpr,
+    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
+    """The segments of one batch row and head in order (grid ``B·H``; the module docstring has
+    the forms). With ``SAVE_ANCHOR`` (``link_at="chunk"``) it also stores each segment's
+    anchor ``A = ψ(Z0)`` into ``a1, a2`` (the layout of ``s1, s2``), which the reads take as
+    their start state."""
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
@@ -225,10 +235,13 @@ def mlp_state_kernel(
         # forward of the memory at the anchor: z = Â A1ᵀ, y = k + LN(z)
         zp = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
-            z2b, m2, z1b, m1k, hb, act, a1b = _block(
+            z2b, m2, z1b, m1k, hb, act, a1b, a2b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC, GATE_CW)
             zp += mm(act, tl.trans(a1b), PREC)
+            if SAVE_ANCHOR:
+                _store_w2(a2_ptr, base, jb * BH, a2b, D, HD, BD, BH)
+                _store_w1(a1_ptr, base, jb * BH, a1b, D, HD, BD, BH)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
         if SAVE_LN:  # for mlp_backward_state_kernel: the same e = k + u - v, bit for bit
             tl.store(u_ptr + tok[:, None] * D + rd[None, :], u, mask=ymask)
@@ -246,7 +259,7 @@ def mlp_state_kernel(
         el = tl.exp(lbl)
         dzw = scale_tokens(dz, w, GATE_CW)
         for jb in range(0, NB):
-            z2b, m2, z1b, m1k, hb, act, a1b = _block(
+            z2b, m2, z1b, m1k, hb, act, a1b, _a2b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC, GATE_CW)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
@@ -333,6 +346,15 @@ def _load_token_norms(norms_ptr, tok, mt):
 
 
 @triton.jit
+def _skips(SEGMENTS: tl.constexpr):
+    """Whether the program of segment ``program_id(0)`` has nothing to do. ``SEGMENTS``: 0
+    every segment, 1 the lag tokens only, 2 all but the lag tokens (with a lag token, segment
+    ``2c`` is chunk ``c``'s lag token, ``chunked.segments``)."""
+    s = tl.program_id(0)
+    return ((SEGMENTS == 1) & (s % 2 == 1)) | ((SEGMENTS == 2) & (s % 2 == 0))
+
+
+@triton.jit
 def _segment(bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC: tl.constexpr, BD: tl.constexpr):
     """The segment of a program whose grid starts ``NSEG × B·H``: its batch row and head
     ``b, h``, bounds ``s0, s1``, the tokens' rows ``tok [BC]`` and masks (``mt [BC]``,
@@ -364,15 +386,18 @@ def mlp_output_kernel(
     T, H, D, HD, NSEG,
     LQ, KLC, LN_EPS,
     LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, QI: tl.constexpr,
-    SAVE_READS: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
-    PREC: tl.constexpr, NORM_PREC: tl.constexpr,
+    SAVE_READS: tl.constexpr, SEGMENTS: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, PREC: tl.constexpr, NORM_PREC: tl.constexpr,
 ):
-    """The reads of one segment (grid ``NSEG × B·H``; the module docstring has the forms).
+    """The reads of one segment (grid ``NSEG × B·H``; the module docstring has the forms), of
+    the segments :func:`_skips` leaves.
 
     With ``SAVE_READS`` (for the backward kernels) it stores, per token, Moneta's norm
     accumulators (``reads [B, T, H, 4]``, :func:`_store_token_norms`) or Memora's
     ``zq_t`` and the log-sum-exp of ``Z1_t``'s rows (``reads [B, T, H, 2, d]``).
     """
+    if _skips(SEGMENTS):
+        return
     b, h, s0, s1, tok, mt, ymask, base, _rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     NB = tl.cdiv(HD, BH)
@@ -391,7 +416,7 @@ def mlp_output_kernel(
         lrun = tl.zeros([BC, BD], dtype=tl.float32)
         acc = tl.zeros([BC, BD], dtype=tl.float32)
         for jb in range(0, NB):
-            z2, m2, z1, m1k, hb, act, a1b = _block(
+            z2, m2, z1, m1k, hb, act, a1b, _a2b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC, GATE_CW)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
@@ -434,7 +459,7 @@ def mlp_output_kernel(
             mx2 = tl.zeros([BC], dtype=tl.float32)
             ac2 = tl.zeros([BC], dtype=tl.float32)
             for jb in range(0, NB):
-                z2, m2, z1, m1k, hb, act, a1b = _block(
+                z2, m2, z1, m1k, hb, act, a1b, _a2b = _block(
                     s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                     KLC, BD, BH, PREC, GATE_CW)
                 dh = mm(dz, a1b, PREC) * gelu_grad(hb)
@@ -468,7 +493,7 @@ def mlp_output_kernel(
         zq0 = tl.zeros([BC, BD], dtype=tl.float32)
         sa = tl.zeros([BC, BC], dtype=tl.float32)
         for jb in range(0, NB):
-            z2b, m2, z1b, m1k, hb, act, a1b = _block(
+            z2b, m2, z1b, m1k, hb, act, a1b, _a2b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC, GATE_CW)
             dh = mm(dz, a1b, PREC) * gelu_grad(hb)
@@ -531,9 +556,9 @@ def _anchor_layers(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK: 
     row statistics ``m1, l1 [BD]`` from :func:`_anchor_stats`); else the scaled state of
     :func:`_anchor_hidden`."""
     if LINK == 3:
-        z2b, m2, z1b, m1k, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0, 1.0, 1.0,
-                                                 m1, l1, D, HD, 3, 2.0, KLC, BD, BH, PREC, CW)
-        a2b = link(z2b, m2, 3, 2.0, KLC)
+        z2b, _m2, z1b, _m1k, hb, act, a1b, a2b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0, 1.0,
+                                                       1.0, m1, l1, D, HD, 3, 2.0, KLC, BD, BH,
+                                                       PREC, CW)
     else:
         z2b, z1b, hb, act, a1b = _anchor_hidden(s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, D, HD,
                                                 BD, BH, PREC, CW)
@@ -563,12 +588,12 @@ def mlp_backward_reads_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, norms_ptr, gy_ptr,
     gq_ptr, gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     gs_ptr, T, H, D, HD, NSEG, LQ, LN_EPS,
-    LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, BC: tl.constexpr,
-    BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    LINK: tl.constexpr, DECAYED: tl.constexpr, GATE_CW: tl.constexpr, SEGMENTS: tl.constexpr,
+    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
     """Gradients through the dual-form reads of one segment (grid ``NSEG × B·H``, every
-    segment at once): everything of the backward that does not depend on the gradient of the
-    segment's end state.
+    segment at once, those :func:`_skips` leaves): everything of the backward that does not
+    depend on the gradient of the segment's end state.
 
     Recomputes the reads ``Zq = E ⊙ (Aq Z1ᵀ) - (M ⊙ Aq Âᵀ) dZ``, ``Hq = E ⊙ (Q Z2ᵀ) - (M ⊙ P)
     dH`` from the stored slot and the forward's ``dZ``, then back through ``y = q + LN(Zq)``.
@@ -590,6 +615,8 @@ def mlp_backward_reads_kernel(
     ``∂L/∂s2_t = <∂L/∂Hq_t, Hq_t>`` go to ``gs [B, T, H, 2]``, for
     :func:`mlp_backward_norms_kernel`.
     """
+    if _skips(SEGMENTS):
+        return
     b, h, s0, s1, tok, mt, ymask, base, rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     NB = tl.cdiv(HD, BH)
@@ -750,10 +777,11 @@ def mlp_backward_norms_kernel(
     k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, norms_ptr, gs_ptr,
     gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     T, H, D, HD, NSEG, LQ,
-    QM1: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
-    PREC: tl.constexpr, NORM_PREC: tl.constexpr,
+    QM1: tl.constexpr, SEGMENTS: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, PREC: tl.constexpr, NORM_PREC: tl.constexpr,
 ):
-    """Moneta's ℓq link (scalar gates): the gradient of every token's read scales
+    """Moneta's ℓq link (scalar gates; the segments :func:`_skips` leaves): the gradient of
+    every token's read scales
     ``s_t = ‖Z_t‖_q^{2-q}`` (Eq 24; ``∂L/∂s_t`` from :func:`mlp_backward_reads_kernel`) back
     through the per-token states ``Z_t = E_t Z0 - Σ_i M[t, i] l_i r_iᵀ`` (Eq 29; ``W1``:
     ``l = dZ``, ``r = Â``; ``W2`` read by its columns: ``l = k``, ``r = dH``), added to the
@@ -770,6 +798,8 @@ def mlp_backward_norms_kernel(
     and ``<∂s/∂Z, Z> = (2-q) s`` (``s`` is homogeneous of degree ``2-q``), so
     ``∂lb_t = Σ_layers (2-q) s_t ∂L/∂s_t - η_t ∂η_t`` needs no sum over the state.
     """
+    if _skips(SEGMENTS):
+        return
     b, h, s0, s1, tok, mt, _ymask, base, rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     NB = tl.cdiv(HD, BH)
@@ -832,8 +862,8 @@ def mlp_backward_state_kernel(
     T, H, D, HD, NSEG,
     P, SHARP, EPS, LQ, KLC,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
-    GATE_CW: tl.constexpr, QM1: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
-    BH: tl.constexpr, PREC: tl.constexpr,
+    GATE_CW: tl.constexpr, QM1: tl.constexpr, READS: tl.constexpr, BC: tl.constexpr,
+    BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
 ):
     """The rest of the identity-link MLP backward, segments in reverse (grid ``B·H``): the
     gradient of each segment's end state flows back through the chunk-end updates
@@ -858,6 +888,11 @@ def mlp_backward_state_kernel(
     rows, so ``G_A`` adds ``A ⊙ G_A - (A / c) ⊙ rowsum(A ⊙ G_A)`` (row softmax's Jacobian);
     ``W2``'s rows lie in one hidden block, ``W1``'s span them all (their sums complete
     after B2, a third pass as Moneta's).
+
+    ``READS``: which segments read the anchor after plain steps (``link_at="chunk"``), so that
+    their reads' share ``gz1r, gz2r`` is the anchor's and goes through the link with ``G_A``:
+    0 none (the reads' share is ``Z0``'s), 1 every segment, 2 all but the lag tokens (the
+    even segments, which read their own ``ψ(Z_t)``, :func:`_skips`).
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -898,6 +933,10 @@ def mlp_backward_state_kernel(
         _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB,
                                            3 if LINK == 3 else 0, LQ, BD, BH)
         ga_a1 = tl.zeros([BD], dtype=tl.float32)
+        if READS == 1:  # the share of the reads' gradient gz1r, gz2r that is the anchor's
+            ra = 1.0
+        elif READS == 2:
+            ra = (s % 2).to(tl.float32)
         # <G_A1, Z1>, <G_A2, Z2>, the anchor scales' gradients (Moneta's per layer; the decayed
         # anchor's their sum), per channel of d; with scalar gates B1's share of the first per
         # token in ga_z1x
@@ -968,6 +1007,12 @@ def mlp_backward_state_kernel(
             ga1 = mm(tl.trans(dz), x, PREC)  # [BD, BH]
             gz1r, _ = _load_w1(gz1r_ptr, rbase, jb * BH, D, HD, BD, BH)
             gz2r, _ = _load_w2(gz2r_ptr, rbase, jb * BH, D, HD, BD, BH)
+            if READS != 0:  # the anchor's share joins G_A1 (G_A2's in B2)
+                ga1 += ra * gz1r
+                if LINK == 1:
+                    ga_z1 += ra * tl.sum(gz1r * z1b, axis=1)
+                gz1r = (1.0 - ra) * gz1r
+                gz2r = (1.0 - ra) * gz2r
             if GATE_CW:
                 gz1 = (scale_rows(g1e, elc, True) + gz1r + scale_rows(ga1, s_anchor, True))
                 gz2 = scale_cols(g2e, elc, True) + gz2r
@@ -1017,6 +1062,9 @@ def mlp_backward_state_kernel(
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
             gk += mm(gh, a2b, PREC)
             ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
+            if READS != 0:
+                gz2r, _ = _load_w2(gz2r_ptr, rbase, jb * BH, D, HD, BD, BH)
+                ga2 += ra * gz2r
             ga1 = mm(tl.trans(gz), act, PREC)  # [BD, BH]
             g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
             g2o, _ = _load_w2(g2_ptr, gout, jb * BH, D, HD, BD, BH)

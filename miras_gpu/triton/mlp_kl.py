@@ -38,7 +38,15 @@ import triton.language as tl
 
 from ._math import gelu, gelu_grad, link, mm
 from .gates import gate_tiles
-from .mlp import _anchor_stats, _block, _hidden_tile, _segment, _store_w1, _store_w2
+from .mlp import (
+    _anchor_stats,
+    _block,
+    _hidden_tile,
+    _segment,
+    _skips,
+    _store_w1,
+    _store_w2,
+)
 
 
 @triton.jit(do_not_specialize=["T", "NSEG"])
@@ -46,10 +54,12 @@ def mlp_backward_kl_reads_kernel(
     q_ptr, k_ptr, eta_ptr, alpha_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, reads_ptr, gy_ptr,
     gq_ptr, gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     T, H, D, HD, NSEG, KLC, LN_EPS,
-    BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    SEGMENTS: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Memora's reads backward for hidden block ``program_id(2)`` of one segment (scalar
-    gates; the module docstring has the equations).
+    gates; the segments :func:`~miras_gpu.triton.mlp._skips` leaves; the module docstring has
+    the equations).
 
     ``reads [B, T, H, 2, d]``: every token's ``zq_t`` and the log-sum-exp of ``Z1_t``'s rows
     (over ``Ed``), stored by :func:`~miras_gpu.triton.mlp.mlp_output_kernel`. Writes the
@@ -57,6 +67,8 @@ def mlp_backward_kl_reads_kernel(
     slot) and adds its shares to ``gq`` (float32, holding ``gy`` on entry), ``gkr``,
     ``gdzr`` (``[B, T, H, d]``), ``getar`` and ``glbr`` (``[B, T, H]``), zeroed on entry.
     """
+    if _skips(SEGMENTS):
+        return
     b, h, s0, s1, tok, mt, _ymask, base, rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
     jb = tl.program_id(2)
@@ -70,9 +82,9 @@ def mlp_backward_kl_reads_kernel(
     # the block at the anchor A = c softmax(Z0) (W1's rows over every block: m1, l1); W1's
     # tiles are held transposed, [BH, BD] as W2's, so that both layers share one layout
     _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, 3, 2.0, BD, BH)
-    z2b, valid, z1b, _m1k, hb, act, a1b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0, 1.0, 1.0,
-                                                 m1, l1, D, HD, 3, 2.0, KLC, BD, BH, PREC,
-                                                 False)
+    z2b, valid, z1b, _m1k, hb, act, a1b, _a2b = _block(s1_ptr, s2_ptr, base, jb, kt, 1.0,
+                                                       1.0, 1.0, m1, l1, D, HD, 3, 2.0, KLC,
+                                                       BD, BH, PREC, False)
     z1t = tl.trans(z1b)
     dh = mm(dz, a1b, PREC) * gelu_grad(hb)
     # dH and Â go through the block's columns of gdhr and gactr, so that the walk loads a
