@@ -513,11 +513,11 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     u = _empty((L.B, L.T, L.H, d), f32, dev) if save_ln else None
     rstd = _empty((L.B, L.T, L.H), f32, dev) if save_ln else None
     y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
-    # what the backward kernels read of every token: Moneta's norm accumulators, Memora's
-    # zq and the log-sum-exp of W1's rows
     anchors = L.anchor_reads(plan)
     lag = plan.config.lag_token
     token_link = not anchors or lag  # some segments read their own ψ(Z_t)
+    # what the backward kernels read of those tokens: Moneta's norm accumulators, Memora's
+    # zq and the log-sum-exp of W1's rows
     reads = None
     if save_ln and token_link and plan.link == LINK_CODES["lq_simplified"]:
         reads = _empty((L.B, L.T, L.H, 4), f32, dev)
