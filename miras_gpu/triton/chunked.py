@@ -303,10 +303,17 @@ class Launch:
         kernels run in full float32."""
         return "ieee" if self.prec == "ieee" else "tf32"
 
-    def anchor_reads(self, plan: Plan) -> bool:
-        """Some segments read the stored anchors (:attr:`Plan.reads_at_anchor`): not with a lag
-        token at chunk size 1, where every segment is a lag token."""
-        return plan.reads_at_anchor and not (plan.config.lag_token and self.chunk_size == 1)
+    def read_segments(self, plan: Plan) -> tuple[int | None, int | None]:
+        """Which segments read how, as ``SEGMENTS`` codes of :func:`~.mlp._skips` (0 every
+        segment, 1 the lag tokens, 2 the rest; ``None``: no segment): ``(own, anchor)``, the
+        segments whose queries read their own token's ``ψ(Z_t)`` and those that read the
+        stored anchor after plain steps (:attr:`Plan.reads_at_anchor`). In the chunk form a
+        lag token reads its own state, so at chunk size 1, where every segment is a lag
+        token, no segment reads an anchor."""
+        lag = plan.config.lag_token
+        if not plan.reads_at_anchor or (lag and self.chunk_size == 1):
+            return 0, None
+        return (1, 2) if lag else (None, 0)
 
     def kernel_backward(self, plan: Plan) -> bool:
         """The gradients of this call come from the backward kernels (else the torch
@@ -513,18 +520,16 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
     u = _empty((L.B, L.T, L.H, d), f32, dev) if save_ln else None
     rstd = _empty((L.B, L.T, L.H), f32, dev) if save_ln else None
     y = _empty((L.B, L.T, L.H, d), q.dtype, dev)
-    anchors = L.anchor_reads(plan)
-    lag = plan.config.lag_token
-    token_link = not anchors or lag  # some segments read their own ψ(Z_t)
-    # what the backward kernels read of those tokens: Moneta's norm accumulators, Memora's
-    # zq and the log-sum-exp of W1's rows
+    own, at_anchor = L.read_segments(plan)
+    # what the backward kernels read of the tokens that read their own ψ(Z_t): Moneta's norm
+    # accumulators, Memora's zq and the log-sum-exp of W1's rows
     reads = None
-    if save_ln and token_link and plan.link == LINK_CODES["lq_simplified"]:
+    if save_ln and own is not None and plan.link == LINK_CODES["lq_simplified"]:
         reads = _empty((L.B, L.T, L.H, 4), f32, dev)
-    elif save_ln and token_link and plan.link == LINK_CODES["kl_row"]:
+    elif save_ln and own is not None and plan.link == LINK_CODES["kl_row"]:
         reads = _empty((L.B, L.T, L.H, 2, d), f32, dev)
-    a1 = _empty(s1.shape, f32, dev) if anchors else None
-    a2 = _empty(s2.shape, f32, dev) if anchors else None
+    a1 = None if at_anchor is None else _empty(s1.shape, f32, dev)
+    a2 = None if at_anchor is None else _empty(s2.shape, f32, dev)
     delta_arg = eta if delta is None else delta
     cw = delta is not None and delta.ndim == 4
     bd = _pow2(d)
@@ -540,23 +545,22 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
             dz if rstd is None else rstd, dz if a1 is None else a1, dz if a2 is None else a2,
             L.T, L.H, d, hd, n, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
             BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
-            GATE_CW=L.gate_cw, SAVE_LN=save_ln, SAVE_ANCHOR=anchors, BC=L.block_c, BD=bd,
+            GATE_CW=L.gate_cw, SAVE_LN=save_ln, SAVE_ANCHOR=a1 is not None, BC=L.block_c, BD=bd,
             BH=L.block_hidden, PREC=L.prec_state,
             num_warps=L.num_warps, num_stages=1)
         out = dict(GATE_CW=L.gate_cw, QI=q_int(plan.q), BC=L.block_c, BD=bd,
                    BH=L.block_hidden, PREC=L.prec, NORM_PREC=L.norm_prec,
                    num_warps=L.num_warps, num_stages=1)
-        if anchors:  # the anchors after plain steps: the identity link's reads
+        if at_anchor is not None:  # the anchors after plain steps: the identity link's reads
             mlp_output_kernel[(n, L.B * L.H)](
                 q, k, eta, alpha, bounds, a1, a2, dz, y, dz, L.T, L.H, d, hd, n, plan.q,
                 plan.c, float(mem.eps), LINK=LINK_CODES["identity"], DECAYED=False,
-                SAVE_READS=False, SEGMENTS=2 if lag else 0, **out)
-        if token_link:  # every token's own ψ(Z_t) (with anchors: the lag tokens')
+                SAVE_READS=False, SEGMENTS=at_anchor, **out)
+        if own is not None:  # every token's own ψ(Z_t)
             mlp_output_kernel[(n, L.B * L.H)](
                 q, k, eta, alpha, bounds, s1, s2, dz, y, dz if reads is None else reads,
                 L.T, L.H, d, hd, n, plan.q, plan.c, float(mem.eps), LINK=plan.link,
-                DECAYED=plan.decayed, SAVE_READS=reads is not None,
-                SEGMENTS=1 if anchors else 0, **out)
+                DECAYED=plan.decayed, SAVE_READS=reads is not None, SEGMENTS=own, **out)
         if n < window:  # a short last window: move its final state to the last slot
             s1[:, :, window] = s1[:, :, n]
             s2[:, :, window] = s2[:, :, n]
@@ -616,11 +620,8 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     gy = torch.zeros_like(v) if gy is None else gy.contiguous()
     cw = delta is not None and delta.ndim == 4
     reads = (gkr, gdzr, gdhr, gactr, getar, glbr, gz1r, gz2r)
-    anchors = L.anchor_reads(plan)
-    lag = plan.config.lag_token
-    # SEGMENTS (mlp._skips) of the kernels of the reads of ψ(Z_t): all, or the lag tokens
-    own = 1 if anchors and lag else 0
-    moneta = plan.link == LINK_CODES["lq_simplified"] and (not anchors or lag)
+    own, at_anchor = L.read_segments(plan)
+    moneta = plan.link == LINK_CODES["lq_simplified"] and own is not None
     qm1 = q_int(plan.q - 1.0)  # sign(Z)|Z|^{q-1} by products where q is an integer
     gs = _empty((B, T, H, 2), f32, dev) if moneta else gq  # ∂L/∂(read scales), Moneta
     # 8 warps for the KL link at any chunk: with 4 (chunk <= 32), Triton 3.9's LLVM fails an
@@ -629,7 +630,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
     warps = 8 if L.block_c >= 64 or kl else L.num_warps
     consts = dict(DECAYED=plan.decayed, GATE_CW=L.gate_cw, BC=L.block_c, BD=_pow2(d),
                   PREC=L.prec, num_warps=warps, num_stages=1)
-    if kl and (not anchors or lag):  # Memora: every token's state, block by block
+    if kl and own is not None:  # Memora: every token's state, block by block
         from .mlp_kl import mlp_backward_kl_reads_kernel
 
         gq32 = gy.to(f32, copy=True)  # ∂L/∂q = gy + the blocks' shares
@@ -641,16 +642,16 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
             BH=bhid, PREC=L.prec,
             num_warps=4, num_stages=1)  # H200, TF32: 62.7 ms with 4 warps, 101.5 with 8
         gq = gq32  # the anchors' reads below store their tokens' rows into it
-    elif not anchors:
+    elif own is not None:
         mlp_backward_reads_kernel[(L.n_seg, B * H)](
             q, k, eta, alpha, L.bounds, s1, s2, dz, gq if token_reads is None else token_reads,
             gy, gq, *reads, gs, T, H, d, hd, L.n_seg, plan.q, float(mem.eps), LINK=plan.link,
-            SEGMENTS=0, BH=bh_reads, **consts)
-    if anchors:  # the anchors after plain steps: the identity link's reads
+            SEGMENTS=own, BH=bh_reads, **consts)
+    if at_anchor is not None:  # the anchors after plain steps: the identity link's reads
         mlp_backward_reads_kernel[(L.n_seg, B * H)](
             q, k, eta, alpha, L.bounds, a1, a2, dz, gq, gy, gq, *reads, gq, T, H, d, hd,
             L.n_seg, plan.q, float(mem.eps), LINK=LINK_CODES["identity"],
-            SEGMENTS=2 if lag else 0, BH=bh_reads, **{**consts, "DECAYED": False})
+            SEGMENTS=at_anchor, BH=bh_reads, **{**consts, "DECAYED": False})
     if moneta:  # the read scales' gradients through every token's state
         mlp_backward_norms_kernel[(L.n_seg, B * H)](
             k, eta, alpha, L.bounds, s1, s2, dz, token_reads, gs, *reads, T, H, d, hd, L.n_seg,
@@ -662,7 +663,7 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
         g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
         T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q, plan.c,
         BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw,
-        READS=(2 if lag else 1) if anchors else 0, BH=bhid, **consts)
+        READS=-1 if at_anchor is None else at_anchor, BH=bhid, **consts)
     gq = gq.to(q.dtype)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])

@@ -346,11 +346,10 @@ def _load_token_norms(norms_ptr, tok, mt):
 
 
 @triton.jit
-def _skips(SEGMENTS: tl.constexpr):
-    """Whether the program of segment ``program_id(0)`` has nothing to do. ``SEGMENTS``: 0
-    every segment, 1 the lag tokens only, 2 all but the lag tokens (with a lag token, segment
-    ``2c`` is chunk ``c``'s lag token, ``chunked.segments``)."""
-    s = tl.program_id(0)
+def _skips(s, SEGMENTS: tl.constexpr):
+    """Whether segment ``s`` is not among ``SEGMENTS``: 0 every segment, 1 the lag tokens
+    only, 2 all but the lag tokens (with a lag token, segment ``2c`` is chunk ``c``'s lag
+    token, ``chunked.segments``; ``chunked.Launch.read_segments``)."""
     return ((SEGMENTS == 1) & (s % 2 == 1)) | ((SEGMENTS == 2) & (s % 2 == 0))
 
 
@@ -396,7 +395,7 @@ def mlp_output_kernel(
     accumulators (``reads [B, T, H, 4]``, :func:`_store_token_norms`) or Memora's
     ``zq_t`` and the log-sum-exp of ``Z1_t``'s rows (``reads [B, T, H, 2, d]``).
     """
-    if _skips(SEGMENTS):
+    if _skips(tl.program_id(0), SEGMENTS):
         return
     b, h, s0, s1, tok, mt, ymask, base, _rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
@@ -615,7 +614,7 @@ def mlp_backward_reads_kernel(
     ``∂L/∂s2_t = <∂L/∂Hq_t, Hq_t>`` go to ``gs [B, T, H, 2]``, for
     :func:`mlp_backward_norms_kernel`.
     """
-    if _skips(SEGMENTS):
+    if _skips(tl.program_id(0), SEGMENTS):
         return
     b, h, s0, s1, tok, mt, ymask, base, rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
@@ -798,7 +797,7 @@ def mlp_backward_norms_kernel(
     and ``<∂s/∂Z, Z> = (2-q) s`` (``s`` is homogeneous of degree ``2-q``), so
     ``∂lb_t = Σ_layers (2-q) s_t ∂L/∂s_t - η_t ∂η_t`` needs no sum over the state.
     """
-    if _skips(SEGMENTS):
+    if _skips(tl.program_id(0), SEGMENTS):
         return
     b, h, s0, s1, tok, mt, _ymask, base, rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
@@ -889,10 +888,9 @@ def mlp_backward_state_kernel(
     ``W2``'s rows lie in one hidden block, ``W1``'s span them all (their sums complete
     after B2, a third pass as Moneta's).
 
-    ``READS``: which segments read the anchor after plain steps (``link_at="chunk"``), so that
-    their reads' share ``gz1r, gz2r`` is the anchor's and goes through the link with ``G_A``:
-    0 none (the reads' share is ``Z0``'s), 1 every segment, 2 all but the lag tokens (the
-    even segments, which read their own ``ψ(Z_t)``, :func:`_skips`).
+    ``READS``: the segments that read the anchor after plain steps (``link_at="chunk"``), as a
+    :func:`_skips` code, or -1 for none: their reads' share ``gz1r, gz2r`` is the anchor's and
+    goes through the link with ``G_A``; the other segments' is ``Z0``'s.
     """
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
@@ -933,10 +931,8 @@ def mlp_backward_state_kernel(
         _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB,
                                            3 if LINK == 3 else 0, LQ, BD, BH)
         ga_a1 = tl.zeros([BD], dtype=tl.float32)
-        if READS == 1:  # the share of the reads' gradient gz1r, gz2r that is the anchor's
-            ra = 1.0
-        elif READS == 2:
-            ra = (s % 2).to(tl.float32)
+        if READS >= 0:  # the share of the reads' gradient gz1r, gz2r that is the anchor's
+            ra = tl.where(_skips(s, READS), 0.0, 1.0)
         # <G_A1, Z1>, <G_A2, Z2>, the anchor scales' gradients (Moneta's per layer; the decayed
         # anchor's their sum), per channel of d; with scalar gates B1's share of the first per
         # token in ga_z1x
@@ -1007,7 +1003,7 @@ def mlp_backward_state_kernel(
             ga1 = mm(tl.trans(dz), x, PREC)  # [BD, BH]
             gz1r, _ = _load_w1(gz1r_ptr, rbase, jb * BH, D, HD, BD, BH)
             gz2r, _ = _load_w2(gz2r_ptr, rbase, jb * BH, D, HD, BD, BH)
-            if READS != 0:  # the anchor's share joins G_A1 (G_A2's in B2)
+            if READS >= 0:  # the anchor's share joins G_A1 (G_A2's in B2)
                 ga1 += ra * gz1r
                 if LINK == 1:
                     ga_z1 += ra * tl.sum(gz1r * z1b, axis=1)
@@ -1062,7 +1058,7 @@ def mlp_backward_state_kernel(
             gh = tl.load(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH)) + gact * gelu_grad(hb)
             gk += mm(gh, a2b, PREC)
             ga2 = mm(tl.trans(gh), kt, PREC)  # [BH, BD]
-            if READS != 0:
+            if READS >= 0:
                 gz2r, _ = _load_w2(gz2r_ptr, rbase, jb * BH, D, HD, BD, BH)
                 ga2 += ra * gz2r
             ga1 = mm(tl.trans(gz), act, PREC)  # [BD, BH]

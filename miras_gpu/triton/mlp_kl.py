@@ -67,7 +67,7 @@ def mlp_backward_kl_reads_kernel(
     slot) and adds its shares to ``gq`` (float32, holding ``gy`` on entry), ``gkr``,
     ``gdzr`` (``[B, T, H, d]``), ``getar`` and ``glbr`` (``[B, T, H]``), zeroed on entry.
     """
-    if _skips(SEGMENTS):
+    if _skips(tl.program_id(0), SEGMENTS):
         return
     b, h, s0, s1, tok, mt, _ymask, base, rbase, kt, dz = _segment(
         bounds_ptr, k_ptr, dz_ptr, T, H, D, HD, NSEG, BC, BD)
