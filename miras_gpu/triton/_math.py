@@ -206,6 +206,14 @@ def qnorm_update(m, acc, x, Q):
 
 
 @triton.jit
+def qnorm_join(m, acc, mb, accb, Q):
+    """Two :func:`qnorm_update` accumulators of disjoint parts of one tensor joined."""
+    mn = tl.maximum(m, mb)
+    safe = tl.where(mn > 0.0, mn, 1.0)
+    return mn, acc * powabs(m / safe, Q) + accb * powabs(mb / safe, Q)
+
+
+@triton.jit
 def token_qnorm_update(m, acc, z, Q, QI: tl.constexpr):
     """:func:`qnorm_update` for every token at once: row ``t`` of ``z [BC, F]`` holds entries
     of token ``t``'s state; ``m, acc [BC]`` its running ``max |Z_t|`` and ``Σ |Z_t / m|^Q``."""

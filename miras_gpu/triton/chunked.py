@@ -295,6 +295,9 @@ class Launch:
     backward: str = "auto"
     #: channel-wise gates ``[B, T, H, D]`` (every kernel takes them)
     gate_cw: bool = False
+    #: programs per batch row and head of the MLP memory's sequential kernels, each with its
+    #: part of the hidden axis (:mod:`~miras_gpu.triton.exchange`, :func:`hidden_split`)
+    split: int = 1
 
     @property
     def norm_prec(self) -> str:
@@ -373,8 +376,43 @@ def dot_precision(plan: Plan, dtype: torch.dtype, override=None) -> tuple[str, s
     return pair
 
 
+def _check_split(split) -> int:
+    split = check_positive_int(split, "hidden_split")
+    if split & (split - 1):
+        raise ValueError(f"hidden_split must be a power of two, got {split}")
+    return split
+
+
+def hidden_split(B: int, H: int, n_blocks: int, device: torch.device,
+                 requested: int | None = None) -> int:
+    """Programs per batch row and head of the MLP memory's sequential kernels
+    (:mod:`~miras_gpu.triton.exchange`): ``requested``, checked, or by default the largest
+    power of two up to ``n_blocks`` (hidden blocks of the forward state kernel) whose
+    ``B·H·split`` programs fit on the device's SMs, one each (their barriers need them all
+    resident); 1 under the CPU interpreter, which runs programs one after another."""
+    sms = 0
+    if device.type == "cuda" and not interpreting():
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if requested is None:
+        split = 1
+        while split * 2 <= n_blocks and B * H * split * 2 <= sms:
+            split *= 2
+        return split
+    split = _check_split(requested)
+    if split > 1 and sms == 0:
+        raise ValueError(f"hidden_split={split} needs a CUDA device: the programs of one row "
+                         "and head wait for each other, and the interpreter runs them in turn")
+    if split > n_blocks:
+        raise ValueError(f"hidden_split must be at most {n_blocks}, the state kernel's hidden "
+                         f"blocks (E·d / block_hidden), got {split}")
+    if B * H * split > sms and split > 1:
+        raise ValueError(f"hidden_split={split} needs B·H·hidden_split = {B * H * split} "
+                         f"programs resident at once; this device has {sms} SMs")
+    return split
+
+
 def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | None,
-            precision: str | None = None) -> Launch:
+            precision: str | None = None, split: int | None = None) -> Launch:
     B, T, H = q.shape[:3]
     bounds, n_chunks = segments(T, chunk_size, plan.config.lag_token)
     mem = plan.config.memory
@@ -390,8 +428,13 @@ def _launch(plan: Plan, q: torch.Tensor, chunk_size: int, block_hidden: int | No
     # full-float32 products are unrolled into FMAs: 8 warps halve each thread's share (and
     # the compile time) for 64-wide tiles; head dims of 128 need 8 warps for the state tile
     warps = 8 if big >= 128 or ("ieee" in (prec_state, prec) and min(block_c, big) >= 64) else 4
+    hidden = _pow2(hidden)
+    n_split = 1
+    if plan.kind == "mlp":
+        n_split = hidden_split(B, H, -(-mem.hidden // hidden), q.device, split)
     return Launch(B, T, H, chunk_size, _device_bounds(tuple(bounds), q.device),
-                  len(bounds) - 1, n_chunks, block_c, prec_state, prec, warps, _pow2(hidden))
+                  len(bounds) - 1, n_chunks, block_c, prec_state, prec, warps, hidden,
+                  split=n_split)
 
 
 @functools.lru_cache(maxsize=64)
@@ -490,6 +533,17 @@ def _matrix_backward(plan: Plan, L: Launch, saved, gy, gzt):
 MLP_WINDOW = 256
 
 
+def _exchange(L: Launch, d: int, device: torch.device) -> tuple:
+    """Arguments of one launch of a sequential MLP kernel split ``L.split`` ways
+    (:mod:`~miras_gpu.triton.exchange`): ``(x, cnt, XS)``, the exchange regions
+    ``x [B·H, 2, split, XS]`` with room for every exchange of either kernel, the barrier
+    counters ``cnt [B·H]`` (zero: one per launch) and ``XS``."""
+    xs = 2 * L.block_c * _pow2(d) + 4 * _pow2(d) + L.block_c
+    n = L.B * L.H * 2 * L.split * xs if L.split > 1 else 1
+    cnt = torch.zeros(L.B * L.H, dtype=torch.int32, device=device)
+    return _empty((n,), torch.float32, device), cnt, xs
+
+
 def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_states=True,
                  save_ln=False):
     """MLP forward: ``(y, final state, start states, (dZ, u, rstd, reads, A1, A2))``. With
@@ -540,13 +594,14 @@ def _mlp_forward(plan: Plan, L: Launch, q, k, v, eta, alpha, delta, z0, keep_sta
         if w0 > 0:  # the previous window's final state starts this one
             s1[:, :, 0] = s1[:, :, window]
             s2[:, :, 0] = s2[:, :, window]
-        mlp_state_kernel[(L.B * L.H,)](
+        x, cnt, xs = _exchange(L, d, dev)
+        mlp_state_kernel[(L.B * L.H * L.split,)](
             k, v, eta, alpha, delta_arg, bounds, s1, s2, dz, dz if u is None else u,
             dz if rstd is None else rstd, dz if a1 is None else a1, dz if a2 is None else a2,
-            L.T, L.H, d, hd, n, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
+            x, cnt, L.T, L.H, d, hd, n, xs, *_bias_args(plan), plan.q, plan.c, float(mem.eps),
             BIAS=plan.bias, LINK=plan.link, DECAYED=plan.decayed, DELTA_CW=cw,
             GATE_CW=L.gate_cw, SAVE_LN=save_ln, SAVE_ANCHOR=a1 is not None, BC=L.block_c, BD=bd,
-            BH=L.block_hidden, PREC=L.prec_state,
+            BH=L.block_hidden, PREC=L.prec_state, SPLIT=L.split,
             num_warps=L.num_warps, num_stages=1)
         out = dict(GATE_CW=L.gate_cw, QI=q_int(plan.q), BC=L.block_c, BD=bd,
                    BH=L.block_hidden, PREC=L.prec, NORM_PREC=L.norm_prec,
@@ -658,12 +713,13 @@ def _mlp_backward(plan: Plan, L: Launch, saved, anchor, gy, gzt):
             plan.q, QM1=qm1, SEGMENTS=own, BC=L.block_c, BD=_pow2(d), BH=bhid,
             PREC=L.prec, NORM_PREC=L.norm_prec, num_warps=L.num_warps,
             num_stages=1)
-    mlp_backward_state_kernel[(B * H,)](
+    x, cnt, xs = _exchange(L, d, dev)
+    mlp_backward_state_kernel[(B * H * L.split,)](
         k, v, eta, alpha, eta if delta is None else delta, L.bounds, s1, s2, dz, u, rstd,
-        g1, g2, scratch, *reads, gk, gv, geta, galpha, geta if gdelta is None else gdelta,
-        T, H, d, hd, L.n_seg, *_bias_args(plan), plan.q, plan.c,
-        BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw,
-        READS=-1 if at_anchor is None else at_anchor, BH=bhid, **consts)
+        g1, g2, scratch, x, cnt, *reads, gk, gv, geta, galpha,
+        geta if gdelta is None else gdelta, T, H, d, hd, L.n_seg, xs, *_bias_args(plan),
+        plan.q, plan.c, BIAS=plan.bias, LINK=plan.link, QM1=qm1, DELTA_CW=cw,
+        READS=-1 if at_anchor is None else at_anchor, BH=bhid, SPLIT=L.split, **consts)
     gq = gq.to(q.dtype)
     last = L.n_seg % 2
     return gq, gk, gv, geta, galpha, gdelta, (g1[:, :, last], g2[:, :, last])
@@ -879,7 +935,7 @@ class ChunkedScan(torch.autograd.Function):
 
 def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
                  output_final_state=False, cu_seqlens=None, block_hidden=None,
-                 backward="auto", dot_precision=None, **torch_options):
+                 backward="auto", dot_precision=None, hidden_split=None, **torch_options):
     """Chunk-parallel MIRAS forward (Eq 28-32) on the Triton kernels, any ``T``.
 
     Same arguments and returns as :func:`miras_gpu.torch.scan_chunked`, plus
@@ -896,6 +952,10 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         Precision of the kernels' matrix products; a pair gives ``(forward state pass, other
         kernels)`` (``None``: :func:`dot_precision` picks by the inputs' dtype and the
         configuration).
+    hidden_split : int, optional
+        Programs per batch row and head in the MLP memory's sequential kernels, each with a
+        part of the hidden axis (a power of two; :func:`hidden_split` checks it and picks the
+        default: as many as the device's SMs hold at once, 1 under the CPU interpreter).
     **torch_options
         Passed to the torch backend when a call falls back to it (``checkpoint``, ...).
 
@@ -913,7 +973,8 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
             raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
         return split_scan(scan_chunked, config, q, k, v, gates, chunk_size, initial_state,
                           output_final_state, cu_seqlens, torch.cat, block_hidden=block_hidden,
-                          backward=backward, dot_precision=dot_precision, **torch_options)
+                          backward=backward, dot_precision=dot_precision,
+                          hidden_split=hidden_split, **torch_options)
     if chunk_size is None:
         return scan(config, q, k, v, gates, initial_state, output_final_state)
 
@@ -924,6 +985,10 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
 
     if not hasattr(config, "algorithm"):
         raise TypeError(f"config must be a MirasConfig, got {type(config).__name__}")
+    if hidden_split is not None and _check_split(hidden_split) > 1:
+        if not isinstance(getattr(config, "memory", None), MLPMemory):
+            raise ValueError(f"hidden_split applies to the MLP memory, got {hidden_split} for "
+                             f"{type(config.memory).__name__}")
     plan = plan_for(config)
     if isinstance(plan, str):
         return fallback(plan)
@@ -934,7 +999,7 @@ def scan_chunked(config, q, k, v, gates=None, chunk_size=64, initial_state=None,
         return fallback(reason)
     z0 = initial_memory_state(config, initial_state, inp, lambda: default_state(config, inp))
     names = list(config.memory.shapes)
-    launch = _launch(plan, q, chunk_size, block_hidden, dot_precision)
+    launch = _launch(plan, q, chunk_size, block_hidden, dot_precision, hidden_split)
     g = {n: a.movedim(1, 2) for n, a in inp.gates.items()}  # [B, T, H, ...]
     launch.gate_cw = g["eta"].ndim == 4 or g["alpha"].ndim == 4
     if launch.gate_cw:  # one layout for both: a scalar gate the same on every channel

@@ -49,11 +49,13 @@ from ._math import (
     inv_pow_norm,
     link,
     mm,
+    qnorm_join,
     qnorm_update,
     segment_tiles,
     sign,
     token_qnorm_update,
 )
+from .exchange import arrive, part_blocks, part_of, put, region, split_program, total
 from .gates import (
     anchor_scale,
     channel_mixed_read,
@@ -114,46 +116,108 @@ def _store_w1(s1_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
 
 
 @triton.jit
-def _anchor_norms(s1_ptr, s2_ptr, base, D, HD, NB, LQ, BD: tl.constexpr, BH: tl.constexpr):
-    """``‖Z1‖_q`` and ``‖Z2‖_q`` of the state at one slot as :func:`~._math.qnorm_update`
-    accumulators ``(m1, acc1, m2, acc2)`` (scalars)."""
+def _anchor_partials(s1_ptr, s2_ptr, base, D, HD, j0, j1, LINK: tl.constexpr, LQ,
+                     BD: tl.constexpr, BH: tl.constexpr):
+    """Whole-parameter statistics of the anchor link at one slot, over hidden blocks
+    ``j0 .. j1`` (a part of the hidden axis, :mod:`~miras_gpu.triton.exchange`).
+
+    ℓq (LINK 1): ``‖Z1‖_q``, ``‖Z2‖_q`` as :func:`~._math.qnorm_update` accumulators
+    ``(mx1, ac1, mx2, ac2)`` (scalars). KL (LINK 3): the row maxima ``m1 [BD]`` and sums of
+    ``exp(Z1 - m1)`` ``l1 [BD]`` of ``Z1 [d, Ed]`` over ``Ed`` (online over the blocks).
+    """
     mx1 = 0.0
-    acc1 = 0.0
+    ac1 = 0.0
     mx2 = 0.0
-    acc2 = 0.0
-    for jb in range(0, NB):
-        z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
-        z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-        mx2, acc2 = qnorm_update(mx2, acc2, z2b, LQ)
-        mx1, acc1 = qnorm_update(mx1, acc1, z1b, LQ)
-    return mx1, acc1, mx2, acc2
+    ac2 = 0.0
+    m1 = tl.full([BD], float("-inf"), tl.float32)
+    l1 = tl.zeros([BD], dtype=tl.float32)
+    if LINK == 1:
+        for jb in range(j0, j1):
+            z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
+            z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            mx2, ac2 = qnorm_update(mx2, ac2, z2b, LQ)
+            mx1, ac1 = qnorm_update(mx1, ac1, z1b, LQ)
+    if LINK == 3:
+        for jb in range(j0, j1):
+            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
+            zm = tl.where(m1k, z1b, float("-inf"))
+            m1, l1 = _lse_merge(m1, l1, zm)
+    return mx1, ac1, mx2, ac2, m1, l1
+
+
+@triton.jit
+def _lse_merge(m, l, zb):
+    """Row-wise online ``(max, Σ exp(· - max))`` accumulators ``m, l [BD]`` with the block
+    ``zb [BD, BH]`` added (masked entries ``-inf``)."""
+    mn = tl.maximum(m, tl.max(zb, axis=1))
+    mns = tl.where(mn == float("-inf"), 0.0, mn)
+    return mn, l * tl.exp(m - mns) + tl.sum(tl.exp(zb - mns[:, None]), axis=1)
+
+
+@triton.jit
+def _lse_join(m, l, mb, lb):
+    """Two row-wise ``(max, Σ exp(· - max))`` accumulators ``[BD]`` joined."""
+    mn = tl.maximum(m, mb)
+    mns = tl.where(mn == float("-inf"), 0.0, mn)
+    return mn, l * tl.exp(m - mns) + lb * tl.exp(mb - mns)
+
+
+@triton.jit
+def _anchor_scales(mx1, ac1, mx2, ac2, LINK: tl.constexpr, LQ):
+    """Moneta's anchor scales ``‖Z1‖_q^{2-q}``, ``‖Z2‖_q^{2-q}`` (LINK 1; else 1)."""
+    sc1 = 1.0
+    sc2 = 1.0
+    if LINK == 1:
+        sc1 = inv_pow_norm(mx1, ac1, LQ, LQ - 2.0)
+        sc2 = inv_pow_norm(mx2, ac2, LQ, LQ - 2.0)
+    return sc1, sc2
 
 
 @triton.jit
 def _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK: tl.constexpr, LQ,
                   BD: tl.constexpr, BH: tl.constexpr):
-    """Whole-parameter statistics of the anchor link at one slot.
-
-    ℓq (LINK 1): the scales ``‖Z1‖_q^{2-q}``, ``‖Z2‖_q^{2-q}``. KL (LINK 3): the row maxima
-    and sums of ``exp`` of ``Z1 [d, Ed]`` over ``Ed`` (online over the hidden blocks).
-    """
-    sc1 = 1.0
-    sc2 = 1.0
-    m1 = tl.full([BD], float("-inf"), tl.float32)
-    l1 = tl.zeros([BD], dtype=tl.float32)
-    if LINK == 1:
-        mx1, acc1, mx2, acc2 = _anchor_norms(s1_ptr, s2_ptr, base, D, HD, NB, LQ, BD, BH)
-        sc1 = inv_pow_norm(mx1, acc1, LQ, LQ - 2.0)
-        sc2 = inv_pow_norm(mx2, acc2, LQ, LQ - 2.0)
-    if LINK == 3:
-        for jb in range(0, NB):
-            z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
-            zm = tl.where(m1k, z1b, float("-inf"))
-            mn = tl.maximum(m1, tl.max(zm, axis=1))
-            mns = tl.where(mn == float("-inf"), 0.0, mn)
-            l1 = l1 * tl.exp(m1 - mns) + tl.sum(tl.exp(zm - mns[:, None]), axis=1)
-            m1 = mn
+    """The anchor link's statistics over the whole hidden axis: the scales of
+    :func:`_anchor_scales` and KL's row statistics ``m1, l1`` (:func:`_anchor_partials`)."""
+    mx1, ac1, mx2, ac2, m1, l1 = _anchor_partials(s1_ptr, s2_ptr, base, D, HD, 0, NB, LINK, LQ,
+                                                  BD, BH)
+    sc1, sc2 = _anchor_scales(mx1, ac1, mx2, ac2, LINK, LQ)
     return sc1, sc2, m1, l1
+
+
+@triton.jit
+def _stats_exchange(mx1, ac1, mx2, ac2, m1, l1, x_ptr, cnt_ptr, bh, part, n, XS,
+                    LINK: tl.constexpr, LQ, BD: tl.constexpr, SPLIT: tl.constexpr):
+    """:func:`_anchor_partials` of every part of the hidden axis joined (exchange ``n``, one
+    for the ℓq and KL links, none for the others: returns the next exchange's number)."""
+    if SPLIT > 1 and LINK != 0:
+        reg = region(bh, n, XS, SPLIT)
+        rd = tl.arange(0, BD)
+        if LINK == 1:
+            put(x_ptr, reg, part, XS, 0, mx1, SPLIT)
+            put(x_ptr, reg, part, XS, 1, ac1, SPLIT)
+            put(x_ptr, reg, part, XS, 2, mx2, SPLIT)
+            put(x_ptr, reg, part, XS, 3, ac2, SPLIT)
+        else:
+            put(x_ptr, reg, part, XS, rd, m1, SPLIT)
+            put(x_ptr, reg, part, XS, BD + rd, l1, SPLIT)
+        arrive(cnt_ptr, bh, n, SPLIT)
+        mx1 = 0.0
+        ac1 = 0.0
+        mx2 = 0.0
+        ac2 = 0.0
+        m1 = tl.full([BD], float("-inf"), tl.float32)
+        l1 = tl.zeros([BD], dtype=tl.float32)
+        for p in tl.static_range(SPLIT):
+            if LINK == 1:
+                mx1, ac1 = qnorm_join(mx1, ac1, part_of(x_ptr, reg, p, XS, 0),
+                                      part_of(x_ptr, reg, p, XS, 1), LQ)
+                mx2, ac2 = qnorm_join(mx2, ac2, part_of(x_ptr, reg, p, XS, 2),
+                                      part_of(x_ptr, reg, p, XS, 3), LQ)
+            else:
+                m1, l1 = _lse_join(m1, l1, part_of(x_ptr, reg, p, XS, rd),
+                                   part_of(x_ptr, reg, p, XS, BD + rd))
+        n += 1
+    return mx1, ac1, mx2, ac2, m1, l1, n
 
 
 @triton.jit
@@ -200,24 +264,31 @@ def _layer_norm(z, cm, D, LN_EPS):
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_state_kernel(
     k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, u_ptr,
-    rstd_ptr, a1_ptr, a2_ptr, T, H, D, HD, NSEG,
+    rstd_ptr, a1_ptr, a2_ptr, x_ptr, cnt_ptr, T, H, D, HD, NSEG, XS,
     P, SHARP, EPS, LQ, KLC, LN_EPS,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
     GATE_CW: tl.constexpr, SAVE_LN: tl.constexpr, SAVE_ANCHOR: tl.constexpr,
     BC: tl.constexpr, BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """The segments of one batch row and head in order (grid ``B·H``; the module docstring has
-    the forms). With ``SAVE_ANCHOR`` (``link_at="chunk"``) it also stores each segment's
-    anchor ``A = ψ(Z0)`` into ``a1, a2`` (the layout of ``s1, s2``), which the reads take as
-    their start state."""
-    bh = tl.program_id(0).to(tl.int64)
+    """The segments of one batch row and head in order (grid ``B·H·SPLIT``; the module
+    docstring has the forms). With ``SAVE_ANCHOR`` (``link_at="chunk"``) it also stores each
+    segment's anchor ``A = ψ(Z0)`` into ``a1, a2`` (the layout of ``s1, s2``), which the
+    reads take as their start state.
+
+    ``SPLIT`` programs share a row and head (:mod:`~miras_gpu.triton.exchange`: exchange
+    regions ``x [B·H, 2, SPLIT, XS]``, counters ``cnt [B·H]``): each updates its own hidden
+    blocks; the link's statistics and ``Â A1ᵀ`` are exchanged, and part 0 stores the
+    per-token ``dZ, u, rstd``."""
+    bh, part = split_program(SPLIT)
     b = bh // H
     h = bh % H
-    NB = tl.cdiv(HD, BH)
+    j0, j1 = part_blocks(tl.cdiv(HD, BH), part, SPLIT)
     rc = tl.arange(0, BC)
     rd = tl.arange(0, BD)
     cm = rd < D
     size = D * HD
+    n = 0  # exchanges so far
     for s in range(0, NSEG):
         base = (bh * (NSEG + 1) + s) * size
         s0 = tl.load(bounds_ptr + s)
@@ -231,10 +302,15 @@ def mlp_state_kernel(
         eta, lb = gate_tiles(eta_ptr, alpha_ptr, tok, mt, D, BD, GATE_CW)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
         s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
-        sc1, sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB, LINK, LQ, BD, BH)
+        mx1, ac1, mx2, ac2, m1, l1 = _anchor_partials(s1_ptr, s2_ptr, base, D, HD, j0, j1,
+                                                      LINK, LQ, BD, BH)
+        mx1, ac1, mx2, ac2, m1, l1, n = _stats_exchange(mx1, ac1, mx2, ac2, m1, l1, x_ptr,
+                                                        cnt_ptr, bh, part, n, XS, LINK, LQ, BD,
+                                                        SPLIT)
+        sc1, sc2 = _anchor_scales(mx1, ac1, mx2, ac2, LINK, LQ)
         # forward of the memory at the anchor: z = Â A1ᵀ, y = k + LN(z)
         zp = tl.zeros([BC, BD], dtype=tl.float32)
-        for jb in range(0, NB):
+        for jb in range(j0, j1):
             z2b, m2, z1b, m1k, hb, act, a1b, a2b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC, GATE_CW)
@@ -242,23 +318,31 @@ def mlp_state_kernel(
             if SAVE_ANCHOR:
                 _store_w2(a2_ptr, base, jb * BH, a2b, D, HD, BD, BH)
                 _store_w1(a1_ptr, base, jb * BH, a1b, D, HD, BD, BH)
+        reg = region(bh, n, XS, SPLIT)
+        tile = rc[:, None] * BD + rd[None, :]
+        put(x_ptr, reg, part, XS, tile, zp, SPLIT)
+        arrive(cnt_ptr, bh, n, SPLIT)
+        zp = total(x_ptr, reg, XS, tile, zp, SPLIT)
+        n += 1
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
+        # the per-token results: one part stores them
+        mine = t < tl.where(part == 0, s1, s0)
         if SAVE_LN:  # for mlp_backward_state_kernel: the same e = k + u - v, bit for bit
-            tl.store(u_ptr + tok[:, None] * D + rd[None, :], u, mask=ymask)
-            tl.store(rstd_ptr + tok, rstd, mask=mt)
+            tl.store(u_ptr + tok[:, None] * D + rd[None, :], u, mask=mine[:, None] & cm[None, :])
+            tl.store(rstd_ptr + tok, rstd, mask=mine)
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
         # dz = LN'(z)ᵀ dy
         dz = rstd[:, None] * (dy - (tl.sum(dy, axis=1) / D)[:, None]
                               - u * (tl.sum(dy * u, axis=1) / D)[:, None])
         dz = tl.where(ymask, dz, 0.0)
-        tl.store(dz_ptr + tok[:, None] * D + rd[None, :], dz, mask=ymask)
+        tl.store(dz_ptr + tok[:, None] * D + rd[None, :], dz, mask=mine[:, None] & cm[None, :])
         # Eq 29 at the segment end, block by block of the hidden axis
         lbl = token_row(lb, rc, s1 - s0 - 1, GATE_CW)
         w = eta * tl.exp(lbl - lb)
         el = tl.exp(lbl)
         dzw = scale_tokens(dz, w, GATE_CW)
-        for jb in range(0, NB):
+        for jb in range(j0, j1):
             z2b, m2, z1b, m1k, hb, act, a1b, _a2b = _block(
                 s1_ptr, s2_ptr, base, jb, kt, s_anchor, sc1, sc2, m1, l1, D, HD, LINK, LQ,
                 KLC, BD, BH, PREC, GATE_CW)
@@ -852,17 +936,58 @@ def mlp_backward_norms_kernel(
     tl.store(glbr_ptr + tok, tl.load(glbr_ptr + tok, mask=mt, other=0.0) + glb, mask=mt)
 
 
+@triton.jit
+def _grads_exchange(gk, gw, gend, ga_z1, ga_z2, ga_z1x, ga_a1, x_ptr, cnt_ptr, bh, part, n, XS,
+                    BC: tl.constexpr, BD: tl.constexpr, CW: tl.constexpr,
+                    SPLIT: tl.constexpr):
+    """The sums over the hidden axis of :func:`mlp_backward_state_kernel` after B2, every
+    part's joined (exchange ``n``; returns them and the next exchange's number): ``gk
+    [BC, BD]``, the weights' and the end decay's gradients ``gw [BC]`` and ``gend`` (with
+    channel-wise gates ``[BC, BD]`` and ``[BD]``), ``<G_A, Z0>``'s parts ``ga_z1, ga_z2 [BD]``
+    and ``ga_z1x [BC]``, and KL's ``rowsum(A1 ⊙ G_A1)`` ``ga_a1 [BD]``. Needs
+    ``XS >= 2·BC·BD + 4·BD + BC``."""
+    if SPLIT > 1:
+        rc = tl.arange(0, BC)
+        rd = tl.arange(0, BD)
+        tile = rc[:, None] * BD + rd[None, :]
+        if CW:
+            o_w = BC * BD + tile
+            o_end = 2 * BC * BD + rd
+        else:
+            o_w = BC * BD + rc
+            o_end = 2 * BC * BD
+        o = 2 * BC * BD + BD
+        reg = region(bh, n, XS, SPLIT)
+        put(x_ptr, reg, part, XS, tile, gk, SPLIT)
+        put(x_ptr, reg, part, XS, o_w, gw, SPLIT)
+        put(x_ptr, reg, part, XS, o_end, gend, SPLIT)
+        put(x_ptr, reg, part, XS, o + rd, ga_z1, SPLIT)
+        put(x_ptr, reg, part, XS, o + BD + rd, ga_z2, SPLIT)
+        put(x_ptr, reg, part, XS, o + 2 * BD + rc, ga_z1x, SPLIT)
+        put(x_ptr, reg, part, XS, o + 2 * BD + BC + rd, ga_a1, SPLIT)
+        arrive(cnt_ptr, bh, n, SPLIT)
+        gk = total(x_ptr, reg, XS, tile, gk, SPLIT)
+        gw = total(x_ptr, reg, XS, o_w, gw, SPLIT)
+        gend = total(x_ptr, reg, XS, o_end, gend, SPLIT)
+        ga_z1 = total(x_ptr, reg, XS, o + rd, ga_z1, SPLIT)
+        ga_z2 = total(x_ptr, reg, XS, o + BD + rd, ga_z2, SPLIT)
+        ga_z1x = total(x_ptr, reg, XS, o + 2 * BD + rc, ga_z1x, SPLIT)
+        ga_a1 = total(x_ptr, reg, XS, o + 2 * BD + BC + rd, ga_a1, SPLIT)
+        n += 1
+    return gk, gw, gend, ga_z1, ga_z2, ga_z1x, ga_a1, n
+
+
 @triton.jit(do_not_specialize=["T", "NSEG"])
 def mlp_backward_state_kernel(
     k_ptr, v_ptr, eta_ptr, alpha_ptr, delta_ptr, bounds_ptr, s1_ptr, s2_ptr, dz_ptr, u_ptr,
-    rstd_ptr, g1_ptr, g2_ptr, scr_ptr,
+    rstd_ptr, g1_ptr, g2_ptr, scr_ptr, x_ptr, cnt_ptr,
     gkr_ptr, gdzr_ptr, gdhr_ptr, gactr_ptr, getar_ptr, glbr_ptr, gz1r_ptr, gz2r_ptr,
     gk_ptr, gv_ptr, geta_ptr, galpha_ptr, gdelta_ptr,
-    T, H, D, HD, NSEG,
+    T, H, D, HD, NSEG, XS,
     P, SHARP, EPS, LQ, KLC,
     BIAS: tl.constexpr, LINK: tl.constexpr, DECAYED: tl.constexpr, DELTA_CW: tl.constexpr,
     GATE_CW: tl.constexpr, QM1: tl.constexpr, READS: tl.constexpr, BC: tl.constexpr,
-    BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr,
+    BD: tl.constexpr, BH: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """The rest of the identity-link MLP backward, segments in reverse (grid ``B·H``): the
     gradient of each segment's end state flows back through the chunk-end updates
@@ -891,12 +1016,19 @@ def mlp_backward_state_kernel(
     ``READS``: the segments that read the anchor after plain steps (``link_at="chunk"``), as a
     :func:`_skips` code, or -1 for none: their reads' share ``gz1r, gz2r`` is the anchor's and
     goes through the link with ``G_A``; the other segments' is ``Z0``'s.
+
+    ``SPLIT`` programs share a row and head, each with its own hidden blocks, as in
+    :func:`mlp_state_kernel`; they exchange the link's statistics, ``∂L/∂z``'s partial sums
+    after B1 and every other sum over the hidden axis after B2 (:func:`_grads_exchange`), and
+    part 0 stores the per-token gradients.
     """
-    bh = tl.program_id(0).to(tl.int64)
+    bh, part = split_program(SPLIT)
     b = bh // H
     h = bh % H
     NB = tl.cdiv(HD, BH)
     NBH = NB * BH
+    j0, j1 = part_blocks(NB, part, SPLIT)
+    n = 0  # exchanges so far
     rc = tl.arange(0, BC)
     rd = tl.arange(0, BD)
     cm = rd < D
@@ -920,16 +1052,17 @@ def mlp_backward_state_kernel(
         alpha = gate_tile(alpha_ptr, tok, mt, D, 1.0, BD, GATE_CW)
         delta = delta_tile(delta_ptr, tok, mt, rd, D, DELTA_CW, BIAS)
         s_anchor = anchor_scale(alpha_ptr, (b * T + s0) * H + h, D, BD, DECAYED, GATE_CW)
-        if LINK == 1:  # Moneta's anchor A = ‖Z0‖_q^{2-q} Z0, per layer
-            mxa1, aca1, mxa2, aca2 = _anchor_norms(s1_ptr, s2_ptr, base, D, HD, NB, LQ, BD, BH)
-            sa1 = inv_pow_norm(mxa1, aca1, LQ, LQ - 2.0)
-            sa2 = inv_pow_norm(mxa2, aca2, LQ, LQ - 2.0)
+        # Moneta's anchor A = ‖Z0‖_q^{2-q} Z0, per layer; Memora's W1 row statistics
+        mxa1, aca1, mxa2, aca2, m1, l1 = _anchor_partials(s1_ptr, s2_ptr, base, D, HD, j0, j1,
+                                                          LINK, LQ, BD, BH)
+        mxa1, aca1, mxa2, aca2, m1, l1, n = _stats_exchange(
+            mxa1, aca1, mxa2, aca2, m1, l1, x_ptr, cnt_ptr, bh, part, n, XS, LINK, LQ, BD, SPLIT)
+        if LINK == 1:
+            sa1, sa2 = _anchor_scales(mxa1, aca1, mxa2, aca2, LINK, LQ)
         else:
             sa1 = s_anchor
             sa2 = s_anchor
-        # Memora: W1's row statistics at the anchor, and rowsum(A1 ⊙ G_A1) over the blocks
-        _sc1, _sc2, m1, l1 = _anchor_stats(s1_ptr, s2_ptr, base, D, HD, NB,
-                                           3 if LINK == 3 else 0, LQ, BD, BH)
+        # Memora: rowsum(A1 ⊙ G_A1) over the blocks
         ga_a1 = tl.zeros([BD], dtype=tl.float32)
         if READS >= 0:  # the share of the reads' gradient gz1r, gz2r that is the anchor's
             ra = tl.where(_skips(s, READS), 0.0, 1.0)
@@ -952,7 +1085,7 @@ def mlp_backward_state_kernel(
         e = tl.where(ymask, kt + u - vt, 0.0)
         dy = tl.where(ymask, bias_grad(e, vt, delta, BIAS, DELTA_CW, P, SHARP, EPS), 0.0)
         mdu = tl.sum(dy * u, axis=1) / D
-        gdz = tl.load(gdzr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+        gdz = tl.zeros([BC, BD], dtype=tl.float32)  # the blocks' share; the reads' below
         gk = tl.zeros([BC, BD], dtype=tl.float32)
         if GATE_CW:  # per channel
             gw = tl.zeros([BC, BD], dtype=tl.float32)
@@ -961,7 +1094,7 @@ def mlp_backward_state_kernel(
             gw = tl.zeros([BC], dtype=tl.float32)
             gend = 0.0
         # ---- B1: per hidden block, everything that does not need gz (the gradient of z)
-        for jb in range(0, NB):
+        for jb in range(j0, j1):
             g2e, _ = _load_w2(g2_ptr, gin, jb * BH, D, HD, BD, BH)
             g1e, _ = _load_w1(g1_ptr, gin, jb * BH, D, HD, BD, BH)
             z2b, z1b, a2b, a1b, hb, act = _anchor_layers(
@@ -1034,6 +1167,13 @@ def mlp_backward_state_kernel(
             tl.store(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH), gact)
             tl.store(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH), gh_part)
         tl.debug_barrier()
+        reg = region(bh, n, XS, SPLIT)
+        tile = rc[:, None] * BD + rd[None, :]
+        put(x_ptr, reg, part, XS, tile, gdz, SPLIT)
+        arrive(cnt_ptr, bh, n, SPLIT)
+        gdz = total(x_ptr, reg, XS, tile, gdz, SPLIT)
+        gdz += tl.load(gdzr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+        n += 1
         # ---- dZ = rstd (dY - mean dY - u mean(dY ⊙ u)) and u = LN(z): second-order terms
         gdy = rstd[:, None] * (gdz - (tl.sum(gdz, axis=1) / D)[:, None]
                                - u * (tl.sum(gdz * u, axis=1) / D)[:, None])
@@ -1041,15 +1181,14 @@ def mlp_backward_state_kernel(
         grstd = tl.sum(gdz * dz, axis=1) / rstd
         gu = -rstd[:, None] * (gdz * mdu[:, None] + (tl.sum(gdz * u, axis=1) / D)[:, None] * dy)
         ge, gv, gdelta = bias_grad_bwd(e, gdy, delta, BIAS, DELTA_CW, P, SHARP, EPS)
-        ge = tl.where(ymask, ge, 0.0)
-        gk += ge  # e = k + u - v
+        ge = tl.where(ymask, ge, 0.0)  # e = k + u - v: gk gets ge after the exchange
         gu += ge
         gz = rstd[:, None] * (gu - (tl.sum(gu, axis=1) / D)[:, None]
                               - u * (tl.sum(gu * u, axis=1) / D)[:, None])
         gz -= (grstd * rstd * rstd / D)[:, None] * u
         gz = tl.where(ymask, gz, 0.0)
         # ---- B2: z = Â A1ᵀ, Â = σ(H), H = K A2ᵀ
-        for jb in range(0, NB):
+        for jb in range(j0, j1):
             z2b, z1b, a2b, a1b, hb, act = _anchor_layers(
                 s1_ptr, s2_ptr, base, jb, kt, sa1, sa2, m1, l1, D, HD, LINK, KLC, BD, BH, PREC,
                 GATE_CW)
@@ -1077,12 +1216,15 @@ def mlp_backward_state_kernel(
             if LINK == 1 or DECAYED:
                 ga_z1 += tl.sum(ga1 * z1b, axis=1)
                 ga_z2 += tl.sum(ga2 * z2b, axis=0)
+        gk, gw, gend, ga_z1, ga_z2, ga_z1x, ga_a1, n = _grads_exchange(
+            gk, gw, gend, ga_z1, ga_z2, ga_z1x, ga_a1, x_ptr, cnt_ptr, bh, part, n, XS, BC, BD,
+            GATE_CW, SPLIT)
         if LINK == 1:  # ---- B3: the anchor scales' share, <G_A, Z0> ∂s/∂Z0
             tl.debug_barrier()  # B2's stores, read below
             ga1_z1 = tl.sum(ga_z1, axis=0) + tl.sum(ga_z1x, axis=0)
             c1, inv1 = _norm_grad(ga1_z1, sa1, mxa1, aca1, LQ)
             c2, inv2 = _norm_grad(tl.sum(ga_z2, axis=0), sa2, mxa2, aca2, LQ)
-            for jb in range(0, NB):
+            for jb in range(j0, j1):
                 z1b, _ = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
                 z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
                 g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
@@ -1093,14 +1235,14 @@ def mlp_backward_state_kernel(
                           HD, BD, BH)
         if LINK == 3:  # ---- B3: W1's rows, -(A1 / c) ⊙ rowsum(A1 ⊙ G_A1)
             tl.debug_barrier()  # B2's stores, read below
-            for jb in range(0, NB):
+            for jb in range(j0, j1):
                 z1b, m1k = _load_w1(s1_ptr, base, jb * BH, D, HD, BD, BH)
                 a1b = _w1_softmax(z1b, m1k, m1, l1, KLC)
                 g1o, _ = _load_w1(g1_ptr, gout, jb * BH, D, HD, BD, BH)
                 _store_w1(g1_ptr, gout, jb * BH, g1o - a1b * (ga_a1 / KLC)[:, None], D, HD, BD,
                           BH)
         # ---- add the read parts; the gates
-        gk += tl.load(gkr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
+        gk += ge + tl.load(gkr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
         if GATE_CW:
             geta = tl.load(getar_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
             geta += gw * wl
@@ -1120,13 +1262,14 @@ def mlp_backward_state_kernel(
             else:
                 ganch = tl.sum(ga_z1 + ga_z2, axis=0) + tl.sum(ga_z1x, axis=0)
                 galpha = tl.where(rc == 0, galpha + ganch, galpha)
+        mine = t < tl.where(part == 0, s1, s0)  # the per-token gradients: one part stores them
         tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
-                 mask=ymask)
+                 mask=mine[:, None] & cm[None, :])
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
-                 mask=ymask)
-        store_gate(geta_ptr, geta, tok, mt, D, BD, GATE_CW)
-        store_gate(galpha_ptr, galpha, tok, mt, D, BD, GATE_CW)
+                 mask=mine[:, None] & cm[None, :])
+        store_gate(geta_ptr, geta, tok, mine, D, BD, GATE_CW)
+        store_gate(galpha_ptr, galpha, tok, mine, D, BD, GATE_CW)
         if BIAS >= 4:
-            store_gate(gdelta_ptr, gdelta, tok, mt, D, BD, DELTA_CW)
+            store_gate(gdelta_ptr, gdelta, tok, mine, D, BD, DELTA_CW)
         # the next (earlier) segment reads this segment's start-state gradient
         tl.debug_barrier()
