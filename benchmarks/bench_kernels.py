@@ -130,9 +130,10 @@ def _ops(backend):
 
 
 def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_precision=None,
-                 torch_compile=False, channel_gates=False):
+                 torch_compile=False, channel_gates=False, hidden_split=None):
     """``(fwd, fwd_bwd)`` closures of one model on one backend (``torch_compile``: the torch
-    backend's ``compile_chunks``; ``channel_gates``: η, α ``[B, T, H, D]``)."""
+    backend's ``compile_chunks``; ``channel_gates``: η, α ``[B, T, H, D]``; ``hidden_split``:
+    the triton backend's, None for its default)."""
     cfg = config_for(model, size)
     q, k, v, gates = make_inputs(cfg, size, device, dtype, gate_dtype=torch.float32,
                                  channel_gates=channel_gates)
@@ -141,6 +142,8 @@ def miras_passes(model, backend, size, device, dtype, checkpoint=False, dot_prec
         opts["compile_chunks"] = torch_compile
     if backend == "triton" and dot_precision is not None:
         opts["dot_precision"] = dot_precision
+    if backend == "triton" and hidden_split is not None:
+        opts["hidden_split"] = hidden_split
     # the backends' own ops (the registry would refuse triton on a CPU, even interpreted)
     op = _ops(backend).scan_chunked
 

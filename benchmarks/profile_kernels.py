@@ -8,7 +8,8 @@ input gradient against the torch backend in float64 on the same bf16 inputs (D=6
 T=150, the check of ``scripts/gpu_kernels_check.py``), then the benchmark size (B=4, T=4096,
 H=16, D=64, expansion 4, chunk 64, bf16) timed with CUDA events and profiled with
 ``torch.profiler``: the device time of each kernel per call. ``--num-warps`` overrides the
-backend's choice of warps per program (a tuning aid).
+backend's choice of warps per program (a tuning aid); ``--hidden-splits 1,2`` profiles each
+``hidden_split`` of the MLP memory's sequential kernels (default: the backend's choice).
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="yaad")
     p.add_argument("--precisions", default="ieee,tf32x3,tf32",
                    help="comma-separated; STATE/OTHERS: one for the forward state pass, one for "
-                   "the other kernels")
+                   "the other kernels; 'default': the backend's choice")
     p.add_argument("--num-warps", type=int, default=None)
+    p.add_argument("--hidden-splits", default="default",
+                   help="comma-separated hidden_split values ('default': the backend's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     set_num_warps(args.num_warps)
@@ -86,11 +89,14 @@ def main(argv=None) -> int:
 
     for model in args.models.split(","):
         cfg, cw = kernel_cases(64)[model]
-        for name in args.precisions.split(","):
-            emit(f"## {model}, dot precision {name}")
-            prec = tuple(name.split("/")) if "/" in name else name
+        for name, split in [(n, s) for n in args.precisions.split(",")
+                            for s in args.hidden_splits.split(",")]:
+            split = None if split == "default" else int(split)
+            emit(f"## {model}, dot precision {name}, hidden_split {split or 'default'}")
+            prec = tuple(name.split("/")) if "/" in name else None if name == "default" else name
             try:
-                r = check_case(model, cfg, cw, torch.bfloat16, (1, 150, 2, 64), dev, prec)
+                r = check_case(model, cfg, cw, torch.bfloat16, (1, 150, 2, 64), dev, prec,
+                               hidden_split=split)
                 worst = sorted(r["detail"].items(), key=lambda kv: -kv[1])[:4]
                 emit(f"error vs float64 (bf16 inputs, T=150): out {r['worst_out']:.2e}, grad "
                      f"{r['worst_grad']:.2e} ({r['worst_grad_name']}); worst: "
@@ -99,7 +105,7 @@ def main(argv=None) -> int:
                 emit("check failed:\n```\n" + traceback.format_exc()[-1500:] + "\n```")
                 return 1
             fwd, fwd_bwd = miras_passes(model, "triton", FULL, dev, torch.bfloat16,
-                                        dot_precision=prec)
+                                        dot_precision=prec, hidden_split=split)
             for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                 secs, peak = time_fn(fn, dev, 1, 3)
                 emit(f"- {name}: {secs * 1e3:.2f} ms, peak {peak / 2**30:.2f} GiB")

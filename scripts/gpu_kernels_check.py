@@ -115,7 +115,7 @@ def _float32_bound(cfg, q, k, v, gates, init, chunk, gold) -> float:
 
 
 def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=False,
-               backward="auto"):
+               backward="auto", hidden_split=None):
     """One configuration at one dtype (and, optionally, one ``tl.dot`` precision of the triton
     backend; ``cw_gates``: channel-wise η, α): the errors and whether they pass.
 
@@ -147,6 +147,8 @@ def check_case(name, cfg, cw, dtype, size, device, dot_precision=None, cw_gates=
     kw = {"backward": backward}
     if dot_precision is not None:
         kw["dot_precision"] = dot_precision
+    if hidden_split is not None:
+        kw["hidden_split"] = hidden_split
     tchunked._noted.clear()  # every fallback of this case is noted, not only a first one
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", triton_ops.TritonFallbackWarning)
