@@ -116,6 +116,14 @@ def _store_w1(s1_ptr, base, j0, w, D, HD, BD: tl.constexpr, BH: tl.constexpr):
 
 
 @triton.jit
+def _no_stats(BD: tl.constexpr):
+    """Empty :func:`_anchor_partials` accumulators: ``(0, 0, 0, 0, -inf [BD], 0 [BD])``."""
+    zero = tl.zeros([], dtype=tl.float32)
+    return (zero, zero, zero, zero, tl.full([BD], float("-inf"), tl.float32),
+            tl.zeros([BD], dtype=tl.float32))
+
+
+@triton.jit
 def _anchor_partials(s1_ptr, s2_ptr, base, D, HD, j0, j1, LINK: tl.constexpr, LQ,
                      BD: tl.constexpr, BH: tl.constexpr):
     """Whole-parameter statistics of the anchor link at one slot, over hidden blocks
@@ -125,12 +133,7 @@ def _anchor_partials(s1_ptr, s2_ptr, base, D, HD, j0, j1, LINK: tl.constexpr, LQ
     ``(mx1, ac1, mx2, ac2)`` (scalars). KL (LINK 3): the row maxima ``m1 [BD]`` and sums of
     ``exp(Z1 - m1)`` ``l1 [BD]`` of ``Z1 [d, Ed]`` over ``Ed`` (online over the blocks).
     """
-    mx1 = 0.0
-    ac1 = 0.0
-    mx2 = 0.0
-    ac2 = 0.0
-    m1 = tl.full([BD], float("-inf"), tl.float32)
-    l1 = tl.zeros([BD], dtype=tl.float32)
+    mx1, ac1, mx2, ac2, m1, l1 = _no_stats(BD)
     if LINK == 1:
         for jb in range(j0, j1):
             z2b, _ = _load_w2(s2_ptr, base, jb * BH, D, HD, BD, BH)
@@ -201,12 +204,7 @@ def _stats_exchange(mx1, ac1, mx2, ac2, m1, l1, x_ptr, cnt_ptr, bh, part, n, XS,
             put(x_ptr, reg, part, XS, rd, m1, SPLIT)
             put(x_ptr, reg, part, XS, BD + rd, l1, SPLIT)
         arrive(cnt_ptr, bh, n, SPLIT)
-        mx1 = 0.0
-        ac1 = 0.0
-        mx2 = 0.0
-        ac2 = 0.0
-        m1 = tl.full([BD], float("-inf"), tl.float32)
-        l1 = tl.zeros([BD], dtype=tl.float32)
+        mx1, ac1, mx2, ac2, m1, l1 = _no_stats(BD)
         for p in tl.static_range(SPLIT):
             if LINK == 1:
                 mx1, ac1 = qnorm_join(mx1, ac1, part_of(x_ptr, reg, p, XS, 0),
