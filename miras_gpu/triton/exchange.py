@@ -86,3 +86,23 @@ def total(x_ptr, reg, XS, off, x, SPLIT: tl.constexpr):
         for p in tl.static_range(1, SPLIT):
             x += part_of(x_ptr, reg, p, XS, off)
     return x
+
+
+@triton.jit
+def all_sum(x_ptr, cnt_ptr, bh, part, n, XS, off, x, SPLIT: tl.constexpr):
+    """Exchange ``n`` of one partial ``x`` (offsets ``off``, the same shape): :func:`put`,
+    :func:`arrive`, :func:`total`. Returns every part's sum and the next exchange's number."""
+    if SPLIT > 1:
+        reg = region(bh, n, XS, SPLIT)
+        put(x_ptr, reg, part, XS, off, x, SPLIT)
+        arrive(cnt_ptr, bh, n, SPLIT)
+        x = total(x_ptr, reg, XS, off, x, SPLIT)
+        n += 1
+    return x, n
+
+
+@triton.jit
+def stored_by(t, s0, s1, part):
+    """Which tokens ``t`` of the segment ``[s0, s1)`` this program stores the per-token
+    results of: all for part 0, none for the others (every part holds the same values)."""
+    return t < tl.where(part == 0, s1, s0)

@@ -55,7 +55,17 @@ from ._math import (
     sign,
     token_qnorm_update,
 )
-from .exchange import arrive, part_blocks, part_of, put, region, split_program, total
+from .exchange import (
+    all_sum,
+    arrive,
+    part_blocks,
+    part_of,
+    put,
+    region,
+    split_program,
+    stored_by,
+    total,
+)
 from .gates import (
     anchor_scale,
     channel_mixed_read,
@@ -316,15 +326,10 @@ def mlp_state_kernel(
             if SAVE_ANCHOR:
                 _store_w2(a2_ptr, base, jb * BH, a2b, D, HD, BD, BH)
                 _store_w1(a1_ptr, base, jb * BH, a1b, D, HD, BD, BH)
-        reg = region(bh, n, XS, SPLIT)
-        tile = rc[:, None] * BD + rd[None, :]
-        put(x_ptr, reg, part, XS, tile, zp, SPLIT)
-        arrive(cnt_ptr, bh, n, SPLIT)
-        zp = total(x_ptr, reg, XS, tile, zp, SPLIT)
-        n += 1
+        zp, n = all_sum(x_ptr, cnt_ptr, bh, part, n, XS, rc[:, None] * BD + rd[None, :], zp,
+                        SPLIT)
         u, rstd = _layer_norm(zp, cm, D, LN_EPS)
-        # the per-token results: one part stores them
-        mine = t < tl.where(part == 0, s1, s0)
+        mine = stored_by(t, s0, s1, part)
         if SAVE_LN:  # for mlp_backward_state_kernel: the same e = k + u - v, bit for bit
             tl.store(u_ptr + tok[:, None] * D + rd[None, :], u, mask=mine[:, None] & cm[None, :])
             tl.store(rstd_ptr + tok, rstd, mask=mine)
@@ -1165,13 +1170,9 @@ def mlp_backward_state_kernel(
             tl.store(_scratch(scr_ptr, sbase, 0, jb, NBH, BC, BH), gact)
             tl.store(_scratch(scr_ptr, sbase, 1, jb, NBH, BC, BH), gh_part)
         tl.debug_barrier()
-        reg = region(bh, n, XS, SPLIT)
-        tile = rc[:, None] * BD + rd[None, :]
-        put(x_ptr, reg, part, XS, tile, gdz, SPLIT)
-        arrive(cnt_ptr, bh, n, SPLIT)
-        gdz = total(x_ptr, reg, XS, tile, gdz, SPLIT)
+        gdz, n = all_sum(x_ptr, cnt_ptr, bh, part, n, XS, rc[:, None] * BD + rd[None, :], gdz,
+                         SPLIT)
         gdz += tl.load(gdzr_ptr + tok[:, None] * D + rd[None, :], mask=ymask, other=0.0)
-        n += 1
         # ---- dZ = rstd (dY - mean dY - u mean(dY ⊙ u)) and u = LN(z): second-order terms
         gdy = rstd[:, None] * (gdz - (tl.sum(gdz, axis=1) / D)[:, None]
                                - u * (tl.sum(gdz * u, axis=1) / D)[:, None])
@@ -1260,7 +1261,7 @@ def mlp_backward_state_kernel(
             else:
                 ganch = tl.sum(ga_z1 + ga_z2, axis=0) + tl.sum(ga_z1x, axis=0)
                 galpha = tl.where(rc == 0, galpha + ganch, galpha)
-        mine = t < tl.where(part == 0, s1, s0)  # the per-token gradients: one part stores them
+        mine = stored_by(t, s0, s1, part)
         tl.store(gk_ptr + tok[:, None] * D + rd[None, :], gk.to(gk_ptr.dtype.element_ty),
                  mask=mine[:, None] & cm[None, :])
         tl.store(gv_ptr + tok[:, None] * D + rd[None, :], gv.to(gv_ptr.dtype.element_ty),
